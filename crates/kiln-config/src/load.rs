@@ -1,0 +1,170 @@
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File};
+use serde_json::Value;
+
+use crate::{AppConfig, Config, ConfigError, ErrorKind};
+
+/// A configuration as loaded: the typed document, the merged source it came
+/// from (file plus environment, before defaults) and the file's path.
+#[derive(Clone, Debug)]
+pub struct Loaded<A> {
+    /// The typed, validated document.
+    pub config: Config<A>,
+    /// The merged source as written (file plus environment overrides),
+    /// secrets included: compare it, never print it.
+    pub raw: Value,
+    /// The file it was read from.
+    pub source: PathBuf,
+}
+
+/// Reads `path` (TOML, YAML or JSON by extension), applies
+/// `KILN__SECTION__KEY` environment overrides, then deserializes and
+/// validates the result.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the file, the key path and what was expected.
+pub fn load<A: AppConfig>(path: &Path) -> Result<Loaded<A>, ConfigError> {
+    // config-rs names a missing file vaguely; say what to do instead.
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(ConfigError::new(
+            path,
+            ErrorKind::Syntax(format!("cannot read the file: {e}")),
+        ));
+    }
+    let merged = config::Config::builder()
+        .add_source(File::from(path))
+        .add_source(
+            Environment::with_prefix("KILN")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| ConfigError::new(path, ErrorKind::Syntax(strip_origin(e.to_string()))))?;
+
+    let raw: Value = merged
+        .clone()
+        .try_deserialize()
+        .map_err(|e| ConfigError::new(path, ErrorKind::Syntax(e.to_string())))?;
+    let config: Config<A> = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path_text = e.path().to_string();
+        let message = strip_origin(e.into_inner().to_string());
+        ConfigError::new(
+            path,
+            ErrorKind::Type {
+                path: path_text,
+                message,
+            },
+        )
+    })?;
+    config
+        .validate()
+        .map_err(|invalid| ConfigError::new(path, invalid))?;
+    Ok(Loaded {
+        config,
+        raw,
+        source: path.to_path_buf(),
+    })
+}
+
+/// config-rs appends ` for key `…` in …` or ` in …`; kiln already names the
+/// file and key in front, so the tail only repeats them.
+fn strip_origin(mut message: String) -> String {
+    for marker in [" for key `", " in "] {
+        if let Some(at) = message.rfind(marker) {
+            if marker == " in " && !message[at..].contains(std::path::MAIN_SEPARATOR) {
+                continue;
+            }
+            message.truncate(at);
+            break;
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct App {
+        greeting: String,
+    }
+    impl AppConfig for App {}
+
+    fn load_text(text: &str) -> Result<Loaded<App>, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deploy.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    const POOL: &str = "[pools.main]\nkind = \"sqlite\"\nurl = \"a.sqlite3\"\n";
+
+    #[test]
+    fn defaults_fill_absent_sections() {
+        let loaded = load_text(POOL).unwrap();
+        assert_eq!(loaded.config.server.listen.port(), 8080);
+        assert_eq!(loaded.config.pools["main"].warm_count(), 8);
+        assert_eq!(loaded.raw["pools"]["main"]["kind"], "sqlite");
+    }
+
+    #[test]
+    fn out_of_range_names_file_key_and_expectation() {
+        let err = load_text(&format!("{POOL}max_size = 0\n")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.ends_with("deploy.toml: pools.main.max_size: expected an integer ≥ 1, found 0"),
+            "{text}"
+        );
+        assert_eq!(err.key(), Some("pools.main.max_size"));
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = load_text(&format!("{POOL}max_size = \"lots\"\n")).unwrap_err();
+        assert_eq!(err.key(), Some("pools.main.max_size"), "{err}");
+        let err = load_text(&format!("{POOL}max_size = -3\n")).unwrap_err();
+        assert_eq!(err.key(), Some("pools.main.max_size"), "{err}");
+        assert!(err.to_string().contains("-3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = load_text(&format!("{POOL}max_sise = 3\n")).unwrap_err();
+        assert!(err.to_string().contains("max_sise"), "{err}");
+        let err = load_text("[app]\ngreting = \"hi\"\n").unwrap_err();
+        assert!(err.to_string().contains("greting"), "{err}");
+        let err = load_text("[serve]\nworkers = 1\n").unwrap_err();
+        assert!(err.to_string().contains("serve"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let err = load_text("[server\nworkers = 1\n").unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Syntax(_)), "{err}");
+        assert!(err.to_string().contains("deploy.toml"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_secrets() {
+        let loaded = load_text(
+            "[server]\nwarm_timeout = \"250ms\"\n[admin]\ntoken = \"hunter2hunter2hunter2\"\n",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.server.warm_timeout.as_millis(), 250);
+        let json = serde_json::to_string(&loaded.config).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        let err = load_text("[server]\nwarm_timeout = \"soon\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("server.warm_timeout"), "{err}");
+    }
+
+    #[test]
+    fn public_admin_needs_a_token() {
+        let err = load_text("[admin]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
+        assert_eq!(err.key(), Some("admin.token"), "{err}");
+    }
+}

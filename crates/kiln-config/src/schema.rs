@@ -1,0 +1,280 @@
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConnString, Invalid, Secret};
+
+/// The application's own configuration section, `[app]`.
+///
+/// kiln deserializes it (unknown keys are the application's choice: add
+/// `#[serde(deny_unknown_fields)]`), validates it with [`validate`](Self::validate)
+/// and compares generations of it to report what changed.
+pub trait AppConfig:
+    DeserializeOwned + Serialize + Clone + Debug + Default + Send + Sync + 'static
+{
+    /// Checks values that are well-typed but may be unacceptable. Paths are
+    /// relative to the `app` section.
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+impl AppConfig for () {}
+
+/// The whole configuration document.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "A: AppConfig"))]
+pub struct Config<A> {
+    /// `[server]`: the main listener and the worker pool.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[admin]`: the admin listener and its token.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `[pools.NAME]`: named connection pools.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// `[log]`: level and format of the log.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[app]`: the application's own section.
+    #[serde(default)]
+    pub app: A,
+}
+
+/// Keys that only take effect at start-up: a reload that changes one of them
+/// is refused.
+pub const RESTART_KEYS: [&str; 3] = ["server.listen", "server.workers", "admin.listen"];
+
+impl<A: AppConfig> Config<A> {
+    /// Checks every value kiln and the application can check without
+    /// connecting to anything; the first fault found is returned.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let server = &self.server;
+        if server.warm_timeout.is_zero() {
+            return Err(Invalid::new(
+                "server.warm_timeout",
+                "a duration > 0 such as \"30s\"",
+                "0s",
+            ));
+        }
+        for (i, path) in server.warm_requests.iter().enumerate() {
+            if !path.starts_with('/') {
+                return Err(Invalid::new(
+                    format!("server.warm_requests[{i}]"),
+                    "a path starting with '/'",
+                    format!("{path:?}"),
+                ));
+            }
+        }
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            return Err(Invalid::new(
+                "admin.token",
+                format!(
+                    "a token (e.g. from KILN__ADMIN__TOKEN) because admin.listen {} is not a loopback address",
+                    self.admin.listen
+                ),
+                "none",
+            ));
+        }
+        for (name, pool) in &self.pools {
+            pool.validate()
+                .map_err(|e| e.under(&format!("pools.{name}")))?;
+        }
+        self.app.validate().map_err(|e| e.under("app"))
+    }
+
+    /// The [`RESTART_KEYS`] whose values differ in `next`.
+    pub fn restart_required(&self, next: &Self) -> Vec<&'static str> {
+        let differs = [
+            self.server.listen != next.server.listen,
+            self.server.workers != next.server.workers,
+            self.admin.listen != next.admin.listen,
+        ];
+        RESTART_KEYS
+            .into_iter()
+            .zip(differs)
+            .filter_map(|(key, differs)| differs.then_some(key))
+            .collect()
+    }
+}
+
+/// `[server]`: the main listener and the worker pool.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the main listener. Restart-only.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per core. Restart-only.
+    pub workers: usize,
+    /// How long start-up (and each reload's warm-up) may take.
+    #[serde(with = "humantime_serde")]
+    pub warm_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Paths each worker serves in-process before the socket is bound.
+    pub warm_requests: Vec<String>,
+}
+
+impl ServerConfig {
+    /// The number of worker threads: `workers`, or one per core when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            warm_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            warm_requests: vec!["/".to_owned()],
+        }
+    }
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Restart-only.
+    pub listen: SocketAddr,
+    /// Bearer token every admin route requires, when set.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+        }
+    }
+}
+
+/// `[pools.NAME]`: one connection pool.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The database behind the pool.
+    pub kind: PoolKind,
+    /// SQLite: a file path (relative to the config file's folder);
+    /// PostgreSQL: a connection URL or `key=value` string.
+    pub url: ConnString,
+    /// Most connections the pool holds.
+    #[serde(default = "PoolConfig::default_max_size")]
+    pub max_size: usize,
+    /// Connections opened and pinged before the pool is published;
+    /// defaults to `max_size`.
+    #[serde(default)]
+    pub warm: Option<usize>,
+    /// How long a request waits for a free connection.
+    #[serde(default = "PoolConfig::default_wait_timeout", with = "humantime_serde")]
+    pub wait_timeout: Duration,
+}
+
+impl PoolConfig {
+    fn default_max_size() -> usize {
+        8
+    }
+
+    fn default_wait_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+
+    /// Connections to open before publishing: `warm`, or `max_size`.
+    pub fn warm_count(&self) -> usize {
+        self.warm.unwrap_or(self.max_size)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.max_size == 0 {
+            return Err(Invalid::new("max_size", "an integer ≥ 1", 0));
+        }
+        if self.warm_count() > self.max_size {
+            return Err(Invalid::new(
+                "warm",
+                format!("an integer ≤ max_size ({})", self.max_size),
+                self.warm_count(),
+            ));
+        }
+        if self.wait_timeout.is_zero() {
+            return Err(Invalid::new(
+                "wait_timeout",
+                "a duration > 0 such as \"2s\"",
+                "0s",
+            ));
+        }
+        if self.url.expose().trim().is_empty() {
+            return Err(Invalid::new("url", "a non-empty connection string", "\"\""));
+        }
+        Ok(())
+    }
+}
+
+/// The database behind a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// SQLite through deadpool-sqlite (rusqlite, bundled).
+    Sqlite,
+    /// PostgreSQL through deadpool-postgres.
+    Postgres,
+}
+
+/// `[log]`: what the log shows and how.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The least severe level shown (`RUST_LOG` overrides it).
+    pub level: LogLevel,
+    /// Human-readable or one JSON object per line.
+    pub format: LogFormat,
+}
+
+/// A log level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The level's name, as `tracing` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,16 @@
+//! kiln's resources: connection pools built from their config sections,
+//! warmed (every connection opened and queried once) before they are
+//! published, and reported on.
+//!
+//! deadpool never connects in the background and has no pre-fill, so
+//! [`Pool::warm`] holds `warm` connections at once, runs `SELECT 1` on each,
+//! then returns them all: the next `warm` checkouts reuse open, queried
+//! connections.
+#![deny(missing_docs)]
+
+mod pool;
+mod postgres;
+mod sqlite;
+
+pub use pool::{Pool, PoolStatus, Pools, ResourceError};
+pub use {deadpool_postgres, deadpool_sqlite};

@@ -1,0 +1,224 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use kiln_config::{PoolConfig, PoolKind};
+use serde::Serialize;
+
+use crate::{postgres, sqlite};
+
+/// A connection pool of one of the supported kinds. Cloning is cheap and
+/// shares the pool.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Pool {
+    /// A SQLite pool; queries run on the blocking thread pool via `interact`.
+    Sqlite(deadpool_sqlite::Pool),
+    /// A PostgreSQL pool.
+    Postgres(deadpool_postgres::Pool),
+}
+
+/// A pool's figures at one instant.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PoolStatus {
+    /// The database kind.
+    pub kind: PoolKind,
+    /// Connections open (in use or idle).
+    pub size: usize,
+    /// Idle connections ready for checkout.
+    pub available: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+    /// Most connections the pool may hold.
+    pub max_size: usize,
+}
+
+/// A pool that could not be built or warmed, with its name.
+#[derive(Debug, thiserror::Error)]
+#[error("pool {resource}: {message}")]
+pub struct ResourceError {
+    /// The pool's name, as in `[pools.NAME]`.
+    pub resource: String,
+    /// What went wrong, with its causes.
+    pub message: String,
+}
+
+impl ResourceError {
+    pub(crate) fn new(resource: &str, what: &str, error: &dyn std::error::Error) -> Self {
+        let mut message = format!("{what}: {error}");
+        let mut source = error.source();
+        while let Some(cause) = source {
+            // Drivers often repeat their cause in their own message.
+            let cause = cause.to_string();
+            if !message.contains(&cause) {
+                message.push_str(": ");
+                message.push_str(&cause);
+            }
+            source = std::error::Error::source(source.unwrap());
+        }
+        Self {
+            resource: resource.to_owned(),
+            message,
+        }
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// Builds an empty pool from its section. Builds only: nothing connects.
+    /// SQLite paths resolve against `base_dir` (the config file's folder).
+    ///
+    /// PostgreSQL connections are driven by the runtime this is called on,
+    /// whichever thread later opens them.
+    ///
+    /// # Errors
+    ///
+    /// When the section cannot make a pool (a malformed URL, say).
+    pub fn build(name: &str, config: &PoolConfig, base_dir: &Path) -> Result<Self, ResourceError> {
+        match config.kind {
+            PoolKind::Sqlite => sqlite::build(name, config, base_dir).map(Self::Sqlite),
+            PoolKind::Postgres => postgres::build(name, config).map(Self::Postgres),
+        }
+    }
+
+    /// Opens `count` connections at once and runs one query on each, then
+    /// returns them all to the pool.
+    ///
+    /// # Errors
+    ///
+    /// When a connection cannot be opened or queried.
+    pub async fn warm(&self, name: &str, count: usize) -> Result<(), ResourceError> {
+        match self {
+            Self::Sqlite(pool) => {
+                let held =
+                    try_join_all((0..count).map(|_| sqlite::checkout_and_ping(name, pool))).await?;
+                drop(held);
+            }
+            Self::Postgres(pool) => {
+                let held =
+                    try_join_all((0..count).map(|_| postgres::checkout_and_ping(name, pool)))
+                        .await?;
+                drop(held);
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool's current figures.
+    pub fn status(&self) -> PoolStatus {
+        let (kind, status) = match self {
+            Self::Sqlite(pool) => (PoolKind::Sqlite, pool.status()),
+            Self::Postgres(pool) => (PoolKind::Postgres, pool.status()),
+        };
+        PoolStatus {
+            kind,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+            max_size: status.max_size,
+        }
+    }
+
+    /// Closes the pool: idle connections close now, checked-out ones when
+    /// returned, and checkouts fail from now on. Clones share the pool, so
+    /// they are closed too.
+    pub fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close(),
+            Self::Postgres(pool) => pool.close(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pool").field(&self.status()).finish()
+    }
+}
+
+/// The named pools of one generation.
+#[derive(Clone, Debug, Default)]
+pub struct Pools(BTreeMap<String, Pool>);
+
+impl Pools {
+    /// Builds and warms every pool in `configs` concurrently, logging each
+    /// one's time. A pool for which `carry` returns `Some` is taken as is
+    /// (already warm) instead of being built.
+    ///
+    /// # Errors
+    ///
+    /// The first pool that failed to build, or to warm within `timeout`.
+    /// The pools this call built are dropped (closed); carried ones are not
+    /// touched.
+    pub async fn warm_all(
+        configs: &BTreeMap<String, PoolConfig>,
+        base_dir: &Path,
+        timeout: Duration,
+        carry: impl Fn(&str) -> Option<Pool>,
+    ) -> Result<Self, ResourceError> {
+        let warming = configs.iter().map(|(name, config)| {
+            let carried = carry(name);
+            async move {
+                if let Some(pool) = carried {
+                    return Ok((name.clone(), pool));
+                }
+                let started = Instant::now();
+                let pool = Pool::build(name, config, base_dir)?;
+                let count = config.warm_count();
+                tracing::info!(pool = %name, kind = ?config.kind, connections = count, "Warming pool");
+                match tokio::time::timeout(timeout, pool.warm(name, count)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(ResourceError {
+                            resource: name.clone(),
+                            message: format!(
+                                "{count} connections not open within {} (server.warm_timeout)",
+                                format_duration(timeout)
+                            ),
+                        });
+                    }
+                }
+                tracing::info!(
+                    pool = %name,
+                    connections = count,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "Pool warm"
+                );
+                Ok((name.clone(), pool))
+            }
+        });
+        let pools = try_join_all(warming).await?;
+        Ok(Self(pools.into_iter().collect()))
+    }
+
+    /// The pool named `name`.
+    pub fn get(&self, name: &str) -> Option<&Pool> {
+        self.0.get(name)
+    }
+
+    /// The pools and their names, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Pool)> {
+        self.0.iter().map(|(name, pool)| (name.as_str(), pool))
+    }
+
+    /// How many pools there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no pools.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,99 @@
+//! The admin API: reload, status and the effective configuration, behind an
+//! optional bearer token. A plain `Router` of a [`Kiln`] handle; the server
+//! nests it at `/admin`, an embedding app wherever it likes.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::{App, Kiln, ReloadError, Trigger};
+
+pub(crate) fn router<A: App>(kiln: Kiln<A>) -> Router {
+    Router::new()
+        .route("/reload", post(reload::<A>))
+        .route("/status", get(status::<A>))
+        .route("/config", get(config::<A>))
+        .layer(middleware::from_fn_with_state(kiln.clone(), authorize::<A>))
+        .with_state(kiln)
+}
+
+/// With `admin.token` set (in the current generation), every route needs
+/// `Authorization: Bearer <token>`, compared in constant time.
+async fn authorize<A: App>(State(kiln): State<Kiln<A>>, request: Request, next: Next) -> Response {
+    let generation = kiln.current();
+    if let Some(token) = &generation.config().admin.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !presented.is_some_and(|presented| token.matches(presented)) {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token: send Authorization: Bearer <admin.token>"}),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    drop(generation);
+    next.run(request).await
+}
+
+async fn reload<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    match kiln.reload(Trigger::HttpReload).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(e) => reload_error(&e, kiln.current().id()),
+    }
+}
+
+/// The answer for a refused reload: the status says which kind, the body
+/// names the cause and the generation that keeps serving.
+pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
+    let message = e.to_string();
+    match e {
+        ReloadError::Invalid(config) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": message, "key": config.key(), "generation": generation}),
+        ),
+        ReloadError::RestartRequired(keys) => error(
+            StatusCode::CONFLICT,
+            json!({"error": message, "keys": keys, "generation": generation}),
+        ),
+        ReloadError::Build(build) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": message, "resource": build.resource(), "generation": generation}),
+        ),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": message, "generation": generation}),
+        ),
+    }
+}
+
+fn error(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+async fn status<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    Json(kiln.status()).into_response()
+}
+
+/// The effective configuration, defaults filled and secrets shown as `***`;
+/// the `ETag` is the generation.
+async fn config<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    let generation = kiln.current();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{}\"", generation.id()))
+            .expect("digits are a valid header"),
+    );
+    (headers, Json(generation.config())).into_response()
+}

@@ -1,0 +1,72 @@
+//! One immutable snapshot of configuration and resources.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use kiln_config::{Config, Loaded};
+use kiln_resources::{Pool, Pools};
+use serde_json::Value;
+
+/// One generation: its id (strictly increasing), its validated config, the
+/// pools built from it, and when it was published.
+///
+/// A request runs entirely on the generation it started on. Pools carried
+/// over from the previous generation are the same pools (same connections);
+/// a replaced pool closes when the last request holding its generation ends.
+#[derive(Debug)]
+pub struct Generation<C> {
+    id: u64,
+    loaded: Loaded<C>,
+    pools: Pools,
+    loaded_at: SystemTime,
+}
+
+impl<C> Generation<C> {
+    pub(crate) fn new(id: u64, loaded: Loaded<C>, pools: Pools) -> Self {
+        Self {
+            id,
+            loaded,
+            pools,
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// The generation's id; the first is 1.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The whole configuration.
+    pub fn config(&self) -> &Config<C> {
+        &self.loaded.config
+    }
+
+    /// The application's own section, `[app]`.
+    pub fn app(&self) -> &C {
+        &self.loaded.config.app
+    }
+
+    /// The pool named `name` in `[pools.NAME]`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+
+    /// Every pool of this generation.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// When this generation was published.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The file the configuration came from.
+    pub fn source(&self) -> &Path {
+        &self.loaded.source
+    }
+
+    pub(crate) fn raw(&self) -> &Value {
+        &self.loaded.raw
+    }
+}

@@ -1,0 +1,289 @@
+//! The handle to a running kiln: the live generation, the workers serving
+//! it, and the operations on both.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use kiln_config::Loaded;
+use kiln_resources::{PoolStatus, Pools};
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+use crate::http::warm_requests;
+use crate::service::{GenerationService, Readiness, WorkerApp};
+use crate::{App, BuildError, Generation};
+
+/// A handle to kiln: the current generation, published through an
+/// `ArcSwap`, and the workers that serve it. Cloning is cheap.
+pub struct Kiln<A: App> {
+    pub(crate) shared: Arc<Shared<A>>,
+}
+
+pub(crate) struct Shared<A: App> {
+    app: A,
+    base_dir: PathBuf,
+    current: ArcSwap<Generation<A::Config>>,
+    /// Touched only by the control plane (attach, reload, status).
+    workers: Mutex<Vec<WorkerSlot>>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) readiness: Arc<Readiness>,
+    started: Instant,
+}
+
+/// Where a reload reaches one worker: its runtime and its current app.
+struct WorkerSlot {
+    runtime: Handle,
+    current: Arc<ArcSwap<WorkerApp>>,
+}
+
+impl<A: App> Clone for Kiln<A> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// One worker attached to kiln: the service that runs its requests on the
+/// current generation. Reloads rebuild its app on the runtime it was
+/// attached from.
+pub struct Worker {
+    id: usize,
+    current: Arc<ArcSwap<WorkerApp>>,
+}
+
+impl Worker {
+    /// The worker's index, in attach order from 0.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// A tower `Service` that serves requests on this worker's current
+    /// generation.
+    pub fn service(&self) -> GenerationService {
+        GenerationService::new(self.current.clone())
+    }
+}
+
+/// A point-in-time report on kiln, as `GET /admin/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The current generation's id.
+    pub generation: u64,
+    /// When it was published (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// The configuration file.
+    pub source: PathBuf,
+    /// Each worker's current generation.
+    pub workers: Vec<WorkerStatus>,
+    /// Each pool's figures.
+    pub pools: BTreeMap<String, PoolStatus>,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Whether the server is shutting down.
+    pub draining: bool,
+}
+
+/// One worker's line in [`Status`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WorkerStatus {
+    /// The worker's index.
+    pub id: usize,
+    /// The generation it serves.
+    pub generation: u64,
+}
+
+impl<A: App> Kiln<A> {
+    /// Builds and warms every pool of `loaded` concurrently, runs the app's
+    /// [`prepare`](App::prepare), and publishes the result as generation 1.
+    /// No worker is attached yet: see [`worker`](Self::worker) and
+    /// [`router`](Self::router).
+    ///
+    /// PostgreSQL connections are driven by the runtime this is called on.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] naming the pool or step that was not ready within
+    /// `server.warm_timeout`.
+    pub async fn start(app: A, loaded: Loaded<A::Config>) -> Result<Self, BuildError> {
+        let base_dir = loaded
+            .source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let timeout = loaded.config.server.warm_timeout;
+        let pools = Pools::warm_all(&loaded.config.pools, &base_dir, timeout, |_| None).await?;
+        let generation = Generation::new(1, loaded, pools);
+        prepare(&app, &generation).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                app,
+                base_dir,
+                current: ArcSwap::from_pointee(generation),
+                workers: Mutex::new(Vec::new()),
+                reload_lock: tokio::sync::Mutex::new(()),
+                readiness: Arc::default(),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The current generation, without a lock. Hold it as long as needed:
+    /// a reload does not change it, only what the next call returns.
+    pub fn current(&self) -> Arc<Generation<A::Config>> {
+        self.shared.current.load_full()
+    }
+
+    /// Attaches a worker on the calling runtime: builds its app for the
+    /// current generation here, serves `server.warm_requests` through it
+    /// in-process, and registers it so that every reload rebuilds its app on
+    /// this runtime before the swap.
+    ///
+    /// # Errors
+    ///
+    /// When the app cannot be built or a warm request fails.
+    pub async fn worker(&self) -> Result<Worker, BuildError> {
+        let mut app = self.build_worker_app(self.current()).await;
+        // Register under the reload lock so that no reload can miss this worker;
+        // if one was published while we were building, build again.
+        let _serialized = self.shared.reload_lock.lock().await;
+        let current = self.current();
+        if matches!(&app, Ok(app) if app.generation != current.id()) {
+            app = self.build_worker_app(current).await;
+        }
+        let mut workers = self.shared.workers.lock().expect("workers lock");
+        let id = workers.len();
+        let app = app.map_err(|message| BuildError::Worker {
+            worker: id,
+            message,
+        })?;
+        let current = Arc::new(ArcSwap::from(app));
+        workers.push(WorkerSlot {
+            runtime: Handle::current(),
+            current: current.clone(),
+        });
+        Ok(Worker { id, current })
+    }
+
+    /// A `Router` that serves every request on the current generation, to
+    /// nest or merge into an application's own router. It attaches a worker
+    /// on the calling runtime (see [`worker`](Self::worker)).
+    ///
+    /// # Errors
+    ///
+    /// When the app cannot be built or a warm request fails.
+    pub async fn router(&self) -> Result<Router, BuildError> {
+        let worker = self.worker().await?;
+        Ok(Router::new().fallback_service(worker.service()))
+    }
+
+    /// The admin API (`/reload`, `/status`, `/config`) as a `Router` to nest
+    /// where the application chooses, e.g. `.nest("/admin", kiln.admin_router())`.
+    pub fn admin_router(&self) -> Router {
+        crate::admin::router(self.clone())
+    }
+
+    /// A report on the current generation, the workers and the pools.
+    pub fn status(&self) -> Status {
+        let current = self.current();
+        let workers = self.shared.workers.lock().expect("workers lock");
+        Status {
+            generation: current.id(),
+            loaded_at: humantime::format_rfc3339_seconds(current.loaded_at()).to_string(),
+            source: current.source().to_path_buf(),
+            workers: workers
+                .iter()
+                .enumerate()
+                .map(|(id, slot)| WorkerStatus {
+                    id,
+                    generation: slot.current.load().generation,
+                })
+                .collect(),
+            pools: current
+                .pools()
+                .iter()
+                .map(|(name, pool)| (name.to_owned(), pool.status()))
+                .collect(),
+            uptime_s: self.shared.started.elapsed().as_secs(),
+            draining: self.shared.readiness.is_draining(),
+        }
+    }
+
+    pub(crate) fn base_dir(&self) -> &Path {
+        &self.shared.base_dir
+    }
+
+    /// Prepares `generation`, builds and warms its app on every worker (on
+    /// each worker's own runtime), then swaps it in everywhere.
+    pub(crate) async fn publish(
+        &self,
+        generation: Arc<Generation<A::Config>>,
+    ) -> Result<(), BuildError> {
+        prepare(&self.shared.app, &generation).await?;
+        let runtimes: Vec<Handle> = {
+            let workers = self.shared.workers.lock().expect("workers lock");
+            workers.iter().map(|slot| slot.runtime.clone()).collect()
+        };
+        let timeout = generation.config().server.warm_timeout;
+        let builds = runtimes.into_iter().enumerate().map(|(id, runtime)| {
+            let kiln = self.clone();
+            let generation = generation.clone();
+            async move {
+                let built = runtime.spawn(async move { kiln.build_worker_app(generation).await });
+                match tokio::time::timeout(timeout, built).await {
+                    Ok(Ok(Ok(app))) => Ok(app),
+                    Ok(Ok(Err(message))) => Err(BuildError::Worker {
+                        worker: id,
+                        message,
+                    }),
+                    Ok(Err(join)) => Err(BuildError::Worker {
+                        worker: id,
+                        message: format!("stopped while building: {join}"),
+                    }),
+                    Err(_) => Err(BuildError::Timeout {
+                        what: format!("worker {id}"),
+                        timeout,
+                    }),
+                }
+            }
+        });
+        let apps = futures_util::future::try_join_all(builds).await?;
+
+        self.shared.current.store(generation);
+        let workers = self.shared.workers.lock().expect("workers lock");
+        for (slot, app) in workers.iter().zip(apps) {
+            slot.current.store(app);
+        }
+        Ok(())
+    }
+
+    async fn build_worker_app(
+        &self,
+        generation: Arc<Generation<A::Config>>,
+    ) -> Result<Arc<WorkerApp>, String> {
+        let paths = generation.config().server.warm_requests.clone();
+        let app = Arc::new(WorkerApp::build(
+            &self.shared.app,
+            generation,
+            &self.shared.readiness,
+        ));
+        warm_requests(app.clone(), &paths).await?;
+        Ok(app)
+    }
+}
+
+async fn prepare<A: App>(app: &A, generation: &Generation<A::Config>) -> Result<(), BuildError> {
+    let timeout = generation.config().server.warm_timeout;
+    match tokio::time::timeout(timeout, app.prepare(generation)).await {
+        Ok(result) => result.map_err(|e| BuildError::App(e.to_string())),
+        Err(_) => Err(BuildError::Timeout {
+            what: "app prepare".to_owned(),
+            timeout,
+        }),
+    }
+}

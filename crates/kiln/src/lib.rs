@@ -1,0 +1,63 @@
+//! kiln: an application server whose workers are warm before the socket is
+//! bound, whose configuration is live (published through an `ArcSwap` that
+//! requests read without a lock), and whose reloads are atomic.
+//!
+//! An application implements [`App`]: its `[app]` config type and how to
+//! build its axum `Router` for one [`Generation`]. kiln then either runs it
+//! as a server ([`serve`]) or hands back a handle ([`Kiln`]) whose
+//! [`router`](Kiln::router) and [`admin_router`](Kiln::admin_router) nest
+//! into an existing axum app.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use kiln::{App, Generation};
+//!
+//! #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+//! struct Hello {
+//!     greeting: String,
+//! }
+//! impl kiln::AppConfig for Hello {}
+//!
+//! struct HelloApp;
+//!
+//! impl App for HelloApp {
+//!     type Config = Hello;
+//!
+//!     fn router(&self, generation: &Generation<Hello>) -> Router {
+//!         let greeting = generation.app().greeting.clone();
+//!         Router::new().route("/", get(move || async move { greeting }))
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
+//!     kiln::serve(HelloApp, loaded).await?;
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod admin;
+mod app;
+pub mod client;
+mod error;
+mod generation;
+mod http;
+mod kiln;
+mod reload;
+mod server;
+mod service;
+
+pub use crate::app::{App, BoxError};
+pub use crate::error::{BuildError, ReloadError, StartError};
+pub use crate::generation::Generation;
+pub use crate::kiln::{Kiln, Status, Worker, WorkerStatus};
+pub use crate::reload::{ReloadOutcome, Trigger};
+pub use crate::server::serve;
+pub use crate::service::{GENERATION_HEADER, GenerationService, ResponseFuture};
+pub use kiln_config::load as load_config;
+pub use kiln_config::{self as config, AppConfig, Config, ConfigError, Invalid, Loaded};
+pub use kiln_resources::{self as resources, Pool, PoolStatus};

@@ -1,0 +1,145 @@
+//! The `kiln` command: serve the demo app with a config file, validate a
+//! config file, or ask a running server to reload.
+
+mod notes;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kiln::config::{LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+use crate::notes::{Notes, NotesConfig};
+
+/// kiln: an application server whose workers are warm before the socket is
+/// bound and whose configuration reloads atomically.
+///
+/// `kiln deploy.toml` serves the demo app with that file. Edit the file,
+/// then `kiln reload` (or `curl -X POST 127.0.0.1:9090/admin/reload`, or
+/// SIGHUP) to apply it; a bad file is refused and the old one keeps serving.
+/// Environment variables `KILN__SECTION__KEY` override the file
+/// (e.g. `KILN__ADMIN__TOKEN`).
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The configuration file to serve with (TOML, YAML or JSON).
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and validate a configuration, then build and warm every pool
+    /// once (connect, ping) and print a summary. Exits 0 when it would start.
+    Validate {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Ask a running server to reload its configuration, print the answer,
+    /// and exit non-zero when the reload was refused.
+    Reload {
+        /// The admin API's address.
+        #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// The admin token, when the server has one.
+        #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Validate { config }), _) => validate(&config),
+        (Some(Command::Reload { admin, token }), _) => reload(&admin, token.as_deref()),
+        (None, Some(config)) => serve(&config),
+        (None, None) => Err(anyhow::anyhow!(
+            "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"
+        )),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = kiln::load_config::<NotesConfig>(path)?;
+    init_logging(&loaded.config.log);
+    control_runtime()?.block_on(kiln::serve(Notes, loaded))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = kiln::load_config::<NotesConfig>(path)?;
+    init_logging(&loaded.config.log);
+    let started = std::time::Instant::now();
+    let kiln = control_runtime()?.block_on(kiln::Kiln::start(Notes, loaded))?;
+    let generation = kiln.current();
+    let config = generation.config();
+    println!("{}: valid", path.display());
+    println!(
+        "  server: {} with {} workers; admin on {}",
+        config.server.listen,
+        config.server.worker_count(),
+        config.admin.listen
+    );
+    for (name, pool) in generation.pools().iter() {
+        let status = pool.status();
+        println!(
+            "  pool {name} ({:?}): {} of {} connections open and pinged",
+            status.kind, status.size, status.max_size
+        );
+    }
+    println!("  warmed in {} ms", started.elapsed().as_millis());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reload(admin: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
+    let runtime = control_runtime()?;
+    let (status, body) = runtime.block_on(kiln::client::request(
+        axum::http::Method::POST,
+        admin,
+        "/admin/reload",
+        token,
+    ))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if status.is_success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: reload refused ({status}); the running configuration is unchanged");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The control plane's runtime: pool connections, the admin API, signals.
+/// Requests run on the workers' own runtimes.
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("kiln-control")
+        .build()
+        .context("cannot build the control runtime")
+}
+
+/// Logs to stderr at `log.level` (or `RUST_LOG`), as text or JSON lines.
+fn init_logging(log: &LogConfig) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match log.format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
