@@ -132,8 +132,9 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Logs to stderr at `log.level` (or `RUST_LOG`), as text or JSON lines.
 fn init_logging(log: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
+    // PostgreSQL NOTICEs ("relation already exists, skipping") are not news.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},tokio_postgres=warn", log.level.as_str())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
