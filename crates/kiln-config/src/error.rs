@@ -34,7 +34,8 @@ pub enum ErrorKind {
 }
 
 impl ConfigError {
-    pub(crate) fn new(file: &Path, kind: impl Into<ErrorKind>) -> Self {
+    /// An error in `file`.
+    pub fn new(file: &Path, kind: impl Into<ErrorKind>) -> Self {
         Self {
             file: file.to_path_buf(),
             kind: kind.into(),

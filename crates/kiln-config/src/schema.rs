@@ -38,6 +38,10 @@ pub struct Config<A> {
     /// `[pools.NAME]`: named connection pools.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// `[resources.NAME]`: sections of the application's own resources,
+    /// typed and validated by the resource registered under that name.
+    #[serde(default)]
+    pub resources: BTreeMap<String, serde_json::Value>,
     /// `[log]`: level and format of the log.
     #[serde(default)]
     pub log: LogConfig,

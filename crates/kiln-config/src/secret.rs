@@ -96,11 +96,11 @@ fn redact(s: &str) -> String {
     if let Some(scheme_end) = s.find("://") {
         let rest = &s[scheme_end + 3..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                let user_end = scheme_end + 3 + colon;
-                return format!("{}:***{}", &s[..user_end], &s[scheme_end + 3 + at..]);
-            }
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let user_end = scheme_end + 3 + colon;
+            return format!("{}:***{}", &s[..user_end], &s[scheme_end + 3 + at..]);
         }
     }
     s.split(' ')

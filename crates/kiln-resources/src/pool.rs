@@ -34,11 +34,11 @@ pub struct PoolStatus {
     pub max_size: usize,
 }
 
-/// A pool that could not be built or warmed, with its name.
+/// A resource (a pool) that could not be built or warmed, with its name.
 #[derive(Debug, thiserror::Error)]
-#[error("pool {resource}: {message}")]
+#[error("resource {resource}: {message}")]
 pub struct ResourceError {
-    /// The pool's name, as in `[pools.NAME]`.
+    /// The resource's name, as in `[pools.NAME]`.
     pub resource: String,
     /// What went wrong, with its causes.
     pub message: String,

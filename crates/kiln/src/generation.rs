@@ -1,5 +1,6 @@
 //! One immutable snapshot of configuration and resources.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -7,26 +8,35 @@ use kiln_config::{Config, Loaded};
 use kiln_resources::{Pool, Pools};
 use serde_json::Value;
 
+use crate::Resource;
+use crate::resource::Built;
+
 /// One generation: its id (strictly increasing), its validated config, the
 /// pools built from it, and when it was published.
 ///
 /// A request runs entirely on the generation it started on. Pools carried
 /// over from the previous generation are the same pools (same connections);
 /// a replaced pool closes when the last request holding its generation ends.
-#[derive(Debug)]
 pub struct Generation<C> {
     id: u64,
     loaded: Loaded<C>,
     pools: Pools,
+    resources: BTreeMap<String, Built>,
     loaded_at: SystemTime,
 }
 
 impl<C> Generation<C> {
-    pub(crate) fn new(id: u64, loaded: Loaded<C>, pools: Pools) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        loaded: Loaded<C>,
+        pools: Pools,
+        resources: BTreeMap<String, Built>,
+    ) -> Self {
         Self {
             id,
             loaded,
             pools,
+            resources,
             loaded_at: SystemTime::now(),
         }
     }
@@ -56,6 +66,15 @@ impl<C> Generation<C> {
         &self.pools
     }
 
+    /// The resource registered as `name`, if it is of type `R`.
+    pub fn resource<R: Resource>(&self, name: &str) -> Option<&R> {
+        self.resources.get(name)?.downcast_ref()
+    }
+
+    pub(crate) fn built_resource(&self, name: &str) -> Option<Built> {
+        self.resources.get(name).cloned()
+    }
+
     /// When this generation was published.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
@@ -68,5 +87,16 @@ impl<C> Generation<C> {
 
     pub(crate) fn raw(&self) -> &Value {
         &self.loaded.raw
+    }
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for Generation<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("config", &self.loaded.config)
+            .field("pools", &self.pools)
+            .field("resources", &self.resources.keys())
+            .finish_non_exhaustive()
     }
 }

@@ -9,13 +9,16 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use axum::Router;
 use kiln_config::Loaded;
-use kiln_resources::{PoolStatus, Pools};
+use kiln_resources::PoolStatus;
 use serde::Serialize;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 
 use crate::http::warm_requests;
+use crate::reload::build_generation;
+use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
-use crate::{App, BuildError, Generation};
+use crate::{App, BuildError, Generation, Resource, StartError};
 
 /// A handle to kiln: the current generation, published through an
 /// `ArcSwap`, and the workers that serve it. Cloning is cheap.
@@ -25,8 +28,11 @@ pub struct Kiln<A: App> {
 
 pub(crate) struct Shared<A: App> {
     app: A,
+    pub(crate) registry: Registry,
     base_dir: PathBuf,
     current: ArcSwap<Generation<A::Config>>,
+    /// The same generation as `current`, for those who wait for the next one.
+    changes: watch::Sender<Arc<Generation<A::Config>>>,
     /// Touched only by the control plane (attach, reload, status).
     workers: Mutex<Vec<WorkerSlot>>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
@@ -101,36 +107,29 @@ impl<A: App> Kiln<A> {
     /// Builds and warms every pool of `loaded` concurrently, runs the app's
     /// [`prepare`](App::prepare), and publishes the result as generation 1.
     /// No worker is attached yet: see [`worker`](Self::worker) and
-    /// [`router`](Self::router).
-    ///
-    /// PostgreSQL connections are driven by the runtime this is called on.
+    /// [`router`](Self::router). Shorthand for
+    /// `Kiln::builder(app).start(loaded)`.
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] naming the pool or step that was not ready within
-    /// `server.warm_timeout`.
-    pub async fn start(app: A, loaded: Loaded<A::Config>) -> Result<Self, BuildError> {
-        let base_dir = loaded
-            .source
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let timeout = loaded.config.server.warm_timeout;
-        let pools = Pools::warm_all(&loaded.config.pools, &base_dir, timeout, |_| None).await?;
-        let generation = Generation::new(1, loaded, pools);
-        prepare(&app, &generation).await?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                app,
-                base_dir,
-                current: ArcSwap::from_pointee(generation),
-                workers: Mutex::new(Vec::new()),
-                reload_lock: tokio::sync::Mutex::new(()),
-                readiness: Arc::default(),
-                started: Instant::now(),
-            }),
-        })
+    /// A [`StartError`] naming what was invalid, or what was not ready
+    /// within `server.warm_timeout`.
+    pub async fn start(app: A, loaded: Loaded<A::Config>) -> Result<Self, StartError> {
+        Self::builder(app).start(loaded).await
+    }
+
+    /// A [`Builder`], to register resources before starting.
+    pub fn builder(app: A) -> Builder<A> {
+        Builder {
+            app,
+            registry: Registry::default(),
+        }
+    }
+
+    /// A receiver that sees every generation kiln publishes, starting with
+    /// the current one: `changed().await` to react to reloads.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Generation<A::Config>>> {
+        self.shared.changes.subscribe()
     }
 
     /// The current generation, without a lock. Hold it as long as needed:
@@ -254,7 +253,8 @@ impl<A: App> Kiln<A> {
         });
         let apps = futures_util::future::try_join_all(builds).await?;
 
-        self.shared.current.store(generation);
+        self.shared.current.store(generation.clone());
+        self.shared.changes.send_replace(generation);
         let workers = self.shared.workers.lock().expect("workers lock");
         for (slot, app) in workers.iter().zip(apps) {
             slot.current.store(app);
@@ -274,6 +274,68 @@ impl<A: App> Kiln<A> {
         ));
         warm_requests(app.clone(), &paths).await?;
         Ok(app)
+    }
+}
+
+/// Sets kiln up before it starts: the resources to build from
+/// `[resources.NAME]` sections.
+pub struct Builder<A: App> {
+    app: A,
+    registry: Registry,
+}
+
+impl<A: App> Builder<A> {
+    /// Registers resource type `R`, built from `[resources.NAME]` (an absent
+    /// section is an empty table) and reachable as
+    /// `generation.resource::<R>(name)`.
+    pub fn resource<R: Resource>(mut self, name: &str) -> Self {
+        self.registry.register::<R>(name);
+        self
+    }
+
+    /// Builds and warms every pool and resource of `loaded` concurrently,
+    /// runs the app's [`prepare`](App::prepare), and publishes the result as
+    /// generation 1. No worker is attached yet: see [`Kiln::worker`] and
+    /// [`Kiln::router`].
+    ///
+    /// PostgreSQL connections are driven by the runtime this is called on.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] naming what was invalid, or what was not ready
+    /// within `server.warm_timeout`.
+    pub async fn start(self, loaded: Loaded<A::Config>) -> Result<Kiln<A>, StartError> {
+        let base_dir = loaded
+            .source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let (generation, _) = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
+        prepare(&self.app, &generation).await?;
+        let generation = Arc::new(generation);
+        Ok(Kiln {
+            shared: Arc::new(Shared {
+                app: self.app,
+                registry: self.registry,
+                base_dir,
+                current: ArcSwap::new(generation.clone()),
+                changes: watch::Sender::new(generation),
+                workers: Mutex::new(Vec::new()),
+                reload_lock: tokio::sync::Mutex::new(()),
+                readiness: Arc::default(),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// Starts and runs kiln as a server: see [`serve`](crate::serve).
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] naming what was not ready; nothing was bound.
+    pub async fn serve(self, loaded: Loaded<A::Config>) -> Result<(), StartError> {
+        crate::server::serve_with(self, loaded).await
     }
 }
 

@@ -48,14 +48,16 @@ mod generation;
 mod http;
 mod kiln;
 mod reload;
+mod resource;
 mod server;
 mod service;
 
 pub use crate::app::{App, BoxError};
 pub use crate::error::{BuildError, ReloadError, StartError};
 pub use crate::generation::Generation;
-pub use crate::kiln::{Kiln, Status, Worker, WorkerStatus};
+pub use crate::kiln::{Builder, Kiln, Status, Worker, WorkerStatus};
 pub use crate::reload::{ReloadOutcome, Trigger};
+pub use crate::resource::Resource;
 pub use crate::server::serve;
 pub use crate::service::{GENERATION_HEADER, GenerationService, ResponseFuture};
 pub use kiln_config::load as load_config;

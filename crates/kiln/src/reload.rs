@@ -6,10 +6,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::path::Path;
+
+use kiln_config::Loaded;
 use kiln_resources::Pools;
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::{App, Generation, Kiln, ReloadError};
+use crate::resource::Registry;
+use crate::{App, AppConfig, BuildError, ConfigError, Generation, Kiln, ReloadError};
 
 /// What asked for a reload; logged with its outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,30 +96,15 @@ impl<A: App> Kiln<A> {
             return Err(ReloadError::RestartRequired(restart));
         }
         let changed = kiln_config::diff(current.raw(), &loaded.raw);
-        let rebuilt: Vec<String> = loaded
-            .config
-            .pools
-            .keys()
-            .filter(|name| {
-                let section = |raw: &serde_json::Value| {
-                    raw.get("pools").and_then(|p| p.get(name.as_str())).cloned()
-                };
-                section(current.raw()) != section(&loaded.raw)
-            })
-            .cloned()
-            .collect();
-
-        let timeout = loaded.config.server.warm_timeout;
-        let pools = Pools::warm_all(&loaded.config.pools, self.base_dir(), timeout, |name| {
-            if rebuilt.iter().any(|r| r == name) {
-                None
-            } else {
-                current.pool(name).cloned()
-            }
-        })
-        .await
-        .map_err(crate::BuildError::from)?;
-        let generation = Arc::new(Generation::new(current.id() + 1, loaded, pools));
+        let (generation, rebuilt) = build_generation(
+            &self.shared.registry,
+            self.base_dir(),
+            current.id() + 1,
+            loaded,
+            Some(&current),
+        )
+        .await?;
+        let generation = Arc::new(generation);
         self.publish(generation.clone()).await?;
 
         Ok(ReloadOutcome {
@@ -125,4 +115,76 @@ impl<A: App> Kiln<A> {
             took_ms: started.elapsed().as_millis() as u64,
         })
     }
+}
+
+/// Why a generation could not be built: its config or its resources.
+pub(crate) enum BuildFailure {
+    Config(ConfigError),
+    Build(BuildError),
+}
+
+impl From<BuildFailure> for ReloadError {
+    fn from(failure: BuildFailure) -> Self {
+        match failure {
+            BuildFailure::Config(e) => Self::Invalid(e),
+            BuildFailure::Build(e) => Self::Build(e),
+        }
+    }
+}
+
+impl From<BuildFailure> for crate::StartError {
+    fn from(failure: BuildFailure) -> Self {
+        match failure {
+            BuildFailure::Config(e) => Self::Config(e),
+            BuildFailure::Build(e) => Self::Build(e),
+        }
+    }
+}
+
+/// Builds generation `id` from `loaded`: checks the resource sections, then
+/// builds and warms, concurrently, every pool and resource whose own section
+/// differs from `previous` (all of them without one), carrying the others
+/// over as they are. Returns it with the names of what was built anew.
+pub(crate) async fn build_generation<C: AppConfig>(
+    registry: &Registry,
+    base_dir: &Path,
+    id: u64,
+    loaded: Loaded<C>,
+    previous: Option<&Generation<C>>,
+) -> Result<(Generation<C>, Vec<String>), BuildFailure> {
+    registry
+        .check(&loaded.config.resources, &loaded.source)
+        .map_err(BuildFailure::Config)?;
+    let unchanged = |table: &str, name: &str| {
+        let section = |raw: &Value| raw.get(table).and_then(|t| t.get(name)).cloned();
+        previous.is_some_and(|previous| section(previous.raw()) == section(&loaded.raw))
+    };
+    let timeout = loaded.config.server.warm_timeout;
+    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, |name| {
+        unchanged("pools", name)
+            .then(|| previous.and_then(|p| p.pool(name).cloned()))
+            .flatten()
+    });
+    let resources = registry.build_all(&loaded.config.resources, timeout, |name| {
+        unchanged("resources", name)
+            .then(|| previous.and_then(|p| p.built_resource(name)))
+            .flatten()
+    });
+    let (pools, resources) =
+        tokio::try_join!(async { pools.await.map_err(BuildError::from) }, resources)
+            .map_err(BuildFailure::Build)?;
+    let rebuilt = loaded
+        .config
+        .pools
+        .keys()
+        .filter(|name| !unchanged("pools", name))
+        .map(String::as_str)
+        .chain(
+            registry
+                .names()
+                .filter(|name| !unchanged("resources", name)),
+        )
+        .map(str::to_owned)
+        .collect();
+    Ok((Generation::new(id, loaded, pools, resources), rebuilt))
 }

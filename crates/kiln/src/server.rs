@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 
 use crate::http::accept_loop;
-use crate::{App, BuildError, Kiln, StartError, Trigger};
+use crate::{App, BuildError, Builder, Kiln, StartError, Trigger};
 
 /// Runs kiln as a server until SIGTERM or SIGINT, then drains and returns.
 ///
@@ -26,6 +26,13 @@ use crate::{App, BuildError, Kiln, StartError, Trigger};
 ///
 /// A [`StartError`] naming what was not ready; nothing was bound.
 pub async fn serve<A: App>(app: A, loaded: Loaded<A::Config>) -> Result<(), StartError> {
+    serve_with(Kiln::builder(app), loaded).await
+}
+
+pub(crate) async fn serve_with<A: App>(
+    builder: Builder<A>,
+    loaded: Loaded<A::Config>,
+) -> Result<(), StartError> {
     let started = Instant::now();
     // SIGHUP's default action kills the process: take it over before anything else.
     let mut hangup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
@@ -39,7 +46,7 @@ pub async fn serve<A: App>(app: A, loaded: Loaded<A::Config>) -> Result<(), Star
         "Starting kiln: warming before binding"
     );
 
-    let kiln = Kiln::start(app, loaded).await?;
+    let kiln = builder.start(loaded).await?;
     let (stop, stopped) = watch::channel(false);
     let mut threads = Vec::with_capacity(workers);
     let mut listeners = Vec::with_capacity(workers);
