@@ -1,7 +1,8 @@
 //! kiln's configuration: the typed document, loaded from a file with
 //! `KILN__SECTION__KEY` environment overrides, validated, diffed and redacted.
 //!
-//! A [`Config`] holds kiln's own sections (`server`, `admin`, `pools`, `log`)
+//! A [`Config`] holds kiln's own sections (`server`, `admin`, `pools`,
+//! `resources`, `reload`, `log`)
 //! and the application's section (`app`), whose type the application chooses.
 //! Every error names the file, the key path and what was expected.
 //!
@@ -28,14 +29,19 @@
 mod diff;
 mod error;
 mod load;
+mod patch;
+mod persist;
 mod schema;
 mod secret;
 
+pub use config::FileFormat;
 pub use diff::diff;
 pub use error::{ConfigError, ErrorKind, Invalid};
-pub use load::{Loaded, load};
+pub use load::{Loaded, format_of, load, parse};
+pub use patch::{PatchError, merge_patch_toml};
+pub use persist::write_atomic;
 pub use schema::{
     AdminConfig, AppConfig, Config, LogConfig, LogFormat, LogLevel, PoolConfig, PoolKind,
-    RESTART_KEYS, ServerConfig,
+    RESTART_KEYS, ReloadConfig, ServerConfig,
 };
 pub use secret::{ConnString, Secret};

@@ -1,12 +1,12 @@
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File};
+use config::{Environment, File, FileFormat};
 use serde_json::Value;
 
 use crate::{AppConfig, Config, ConfigError, ErrorKind};
 
 /// A configuration as loaded: the typed document, the merged source it came
-/// from (file plus environment, before defaults) and the file's path.
+/// from (file plus environment, before defaults), the file's path and text.
 #[derive(Clone, Debug)]
 pub struct Loaded<A> {
     /// The typed, validated document.
@@ -16,6 +16,8 @@ pub struct Loaded<A> {
     pub raw: Value,
     /// The file it was read from.
     pub source: PathBuf,
+    /// The file's text, exactly as read (secrets included: never print it).
+    pub text: String,
 }
 
 /// Reads `path` (TOML, YAML or JSON by extension), applies
@@ -26,15 +28,32 @@ pub struct Loaded<A> {
 ///
 /// A [`ConfigError`] naming the file, the key path and what was expected.
 pub fn load<A: AppConfig>(path: &Path) -> Result<Loaded<A>, ConfigError> {
-    // config-rs names a missing file vaguely; say what to do instead.
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(ConfigError::new(
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
             path,
             ErrorKind::Syntax(format!("cannot read the file: {e}")),
-        ));
-    }
+        )
+    })?;
+    parse(path, text)
+}
+
+/// Like [`load`], with the file's text given: for a candidate document
+/// (a patch, a rollback) that is validated before it is written to `path`.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the file, the key path and what was expected.
+pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, ConfigError> {
+    let format = format_of(path).ok_or_else(|| {
+        ConfigError::new(
+            path,
+            ErrorKind::Syntax(
+                "unknown format: name the file *.toml, *.yaml, *.yml or *.json".to_owned(),
+            ),
+        )
+    })?;
     let merged = config::Config::builder()
-        .add_source(File::from(path))
+        .add_source(File::from_str(&text, format))
         .add_source(
             Environment::with_prefix("KILN")
                 .prefix_separator("__")
@@ -66,7 +85,18 @@ pub fn load<A: AppConfig>(path: &Path) -> Result<Loaded<A>, ConfigError> {
         config,
         raw,
         source: path.to_path_buf(),
+        text,
     })
+}
+
+/// The file format its extension names.
+pub fn format_of(path: &Path) -> Option<FileFormat> {
+    match path.extension()?.to_str()? {
+        "toml" => Some(FileFormat::Toml),
+        "yaml" | "yml" => Some(FileFormat::Yaml),
+        "json" => Some(FileFormat::Json),
+        _ => None,
+    }
 }
 
 /// config-rs appends ` for key `…` in …` or ` in …`; kiln already names the

@@ -42,6 +42,9 @@ pub struct Config<A> {
     /// typed and validated by the resource registered under that name.
     #[serde(default)]
     pub resources: BTreeMap<String, serde_json::Value>,
+    /// `[reload]`: file watching and history.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// `[log]`: level and format of the log.
     #[serde(default)]
     pub log: LogConfig,
@@ -84,6 +87,9 @@ impl<A: AppConfig> Config<A> {
                 ),
                 "none",
             ));
+        }
+        if self.reload.history == 0 {
+            return Err(Invalid::new("reload.history", "an integer ≥ 1", 0));
         }
         for (name, pool) in &self.pools {
             pool.validate()
@@ -234,6 +240,29 @@ pub enum PoolKind {
     Sqlite,
     /// PostgreSQL through deadpool-postgres.
     Postgres,
+}
+
+/// `[reload]`: how changes to the source are noticed and remembered.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Reload when the configuration file changes.
+    pub watch: bool,
+    /// How long the file must stay quiet before a watched change is applied.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// How many reload attempts `GET /admin/history` remembers.
+    pub history: usize,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: false,
+            debounce: Duration::from_millis(250),
+            history: 20,
+        }
+    }
 }
 
 /// `[log]`: what the log shows and how.

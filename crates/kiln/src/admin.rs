@@ -1,7 +1,8 @@
-//! The admin API: reload, status and the effective configuration, behind an
-//! optional bearer token. A plain `Router` of a [`Kiln`] handle; the server
+//! The admin API: reload, patch, rollback, history, status and the
+//! effective configuration, behind an optional bearer token. A plain `Router` of a [`Kiln`] handle; the server
 //! nests it at `/admin`, an embedding app wherever it likes.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -10,13 +11,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::{App, Kiln, ReloadError, Trigger};
+use crate::{App, Kiln, ReloadError, ReloadOutcome, Trigger};
 
 pub(crate) fn router<A: App>(kiln: Kiln<A>) -> Router {
     Router::new()
         .route("/reload", post(reload::<A>))
+        .route("/rollback", post(rollback::<A>))
+        .route("/history", get(history::<A>))
         .route("/status", get(status::<A>))
-        .route("/config", get(config::<A>))
+        .route("/config", get(config::<A>).patch(patch::<A>))
         .layer(middleware::from_fn_with_state(kiln.clone(), authorize::<A>))
         .with_state(kiln)
 }
@@ -47,7 +50,47 @@ async fn authorize<A: App>(State(kiln): State<Kiln<A>>, request: Request, next: 
 }
 
 async fn reload<A: App>(State(kiln): State<Kiln<A>>) -> Response {
-    match kiln.reload(Trigger::HttpReload).await {
+    answer(&kiln, kiln.reload(Trigger::HttpReload).await)
+}
+
+async fn rollback<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    answer(&kiln, kiln.rollback().await)
+}
+
+/// `PATCH /admin/config`: a JSON merge patch, optionally `If-Match`.
+async fn patch<A: App>(
+    State(kiln): State<Kiln<A>>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    let Json(patch) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                rejection.status(),
+                json!({"error": format!("{}: send a JSON merge patch with Content-Type: application/json", rejection.body_text()), "generation": kiln.current().id()}),
+            );
+        }
+    };
+    let if_match = match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "If-Match is not readable text: send the ETag of GET /admin/config", "generation": kiln.current().id()}),
+            );
+        }
+    };
+    answer(&kiln, kiln.patch(&patch, if_match).await)
+}
+
+async fn history<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    Json(kiln.history()).into_response()
+}
+
+fn answer<A: App>(kiln: &Kiln<A>, result: Result<ReloadOutcome, ReloadError>) -> Response {
+    match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(e) => reload_error(&e, kiln.current().id()),
     }
@@ -58,6 +101,22 @@ async fn reload<A: App>(State(kiln): State<Kiln<A>>) -> Response {
 pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
     let message = e.to_string();
     match e {
+        ReloadError::Stale { .. } => error(
+            StatusCode::PRECONDITION_FAILED,
+            json!({"error": message, "generation": generation}),
+        ),
+        ReloadError::Patch(_) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": message, "generation": generation}),
+        ),
+        ReloadError::NoPrevious => error(
+            StatusCode::CONFLICT,
+            json!({"error": message, "generation": generation}),
+        ),
+        ReloadError::Persist { .. } => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": message, "generation": generation}),
+        ),
         ReloadError::Invalid(config) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": message, "key": config.key(), "generation": generation}),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kiln_config::ConfigError;
+use kiln_config::{ConfigError, PatchError};
 use kiln_resources::ResourceError;
 
 /// Why kiln could not start. Nothing was bound.
@@ -92,4 +92,27 @@ pub enum ReloadError {
     /// The server is shutting down.
     #[error("the server is draining; reloads are refused")]
     Draining,
+    /// `If-Match` named an older generation than the current one.
+    #[error(
+        "the configuration changed since that ETag: the current generation is {current}; GET /admin/config and patch again"
+    )]
+    Stale {
+        /// The current generation.
+        current: u64,
+    },
+    /// The merge patch cannot be applied to the source file.
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    /// There is no earlier configuration to roll back to.
+    #[error("nothing to roll back to: no reload has replaced the first configuration yet")]
+    NoPrevious,
+    /// The new configuration was valid and warm but could not be written to
+    /// its file, so it was not applied.
+    #[error("cannot write {}: {source}; nothing was applied", file.display())]
+    Persist {
+        /// The source file.
+        file: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }

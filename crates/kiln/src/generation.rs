@@ -85,6 +85,11 @@ impl<C> Generation<C> {
         &self.loaded.source
     }
 
+    /// The configuration file's text this generation was loaded from.
+    pub(crate) fn text(&self) -> &str {
+        &self.loaded.text
+    }
+
     pub(crate) fn raw(&self) -> &Value {
         &self.loaded.raw
     }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::history::History;
 use crate::http::warm_requests;
 use crate::reload::build_generation;
 use crate::resource::Registry;
@@ -35,7 +36,10 @@ pub(crate) struct Shared<A: App> {
     changes: watch::Sender<Arc<Generation<A::Config>>>,
     /// Touched only by the control plane (attach, reload, status).
     workers: Mutex<Vec<WorkerSlot>>,
-    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Serializes reloads; holds the text of the configuration the current
+    /// one replaced, for rollback.
+    pub(crate) reload_lock: tokio::sync::Mutex<Option<String>>,
+    pub(crate) history: History,
     pub(crate) readiness: Arc<Readiness>,
     started: Instant,
 }
@@ -217,12 +221,12 @@ impl<A: App> Kiln<A> {
         &self.shared.base_dir
     }
 
-    /// Prepares `generation`, builds and warms its app on every worker (on
-    /// each worker's own runtime), then swaps it in everywhere.
-    pub(crate) async fn publish(
+    /// Prepares `generation` and builds and warms its app on every worker
+    /// (on each worker's own runtime); nothing is published yet.
+    pub(crate) async fn stage(
         &self,
         generation: Arc<Generation<A::Config>>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Staged<A::Config>, BuildError> {
         prepare(&self.shared.app, &generation).await?;
         let runtimes: Vec<Handle> = {
             let workers = self.shared.workers.lock().expect("workers lock");
@@ -252,14 +256,19 @@ impl<A: App> Kiln<A> {
             }
         });
         let apps = futures_util::future::try_join_all(builds).await?;
+        Ok(Staged { generation, apps })
+    }
 
+    /// Publishes a staged generation: kiln's current generation, then every
+    /// worker's app. Each is one atomic pointer store.
+    pub(crate) fn swap(&self, staged: Staged<A::Config>) {
+        let Staged { generation, apps } = staged;
         self.shared.current.store(generation.clone());
         self.shared.changes.send_replace(generation);
         let workers = self.shared.workers.lock().expect("workers lock");
         for (slot, app) in workers.iter().zip(apps) {
             slot.current.store(app);
         }
-        Ok(())
     }
 
     async fn build_worker_app(
@@ -274,6 +283,18 @@ impl<A: App> Kiln<A> {
         ));
         warm_requests(app.clone(), &paths).await?;
         Ok(app)
+    }
+}
+
+/// A generation built and warmed on every worker, not yet published.
+pub(crate) struct Staged<C> {
+    generation: Arc<Generation<C>>,
+    apps: Vec<Arc<WorkerApp>>,
+}
+
+impl<C> Staged<C> {
+    pub(crate) fn generation_id(&self) -> u64 {
+        self.generation.id()
     }
 }
 
@@ -322,7 +343,8 @@ impl<A: App> Builder<A> {
                 current: ArcSwap::new(generation.clone()),
                 changes: watch::Sender::new(generation),
                 workers: Mutex::new(Vec::new()),
-                reload_lock: tokio::sync::Mutex::new(()),
+                reload_lock: tokio::sync::Mutex::new(None),
+                history: History::default(),
                 readiness: Arc::default(),
                 started: Instant::now(),
             }),

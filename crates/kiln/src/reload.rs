@@ -3,28 +3,34 @@
 //! failure leaves the current generation serving, untouched.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::path::Path;
-
-use kiln_config::Loaded;
+use kiln_config::{ErrorKind, FileFormat, Loaded, PatchError};
 use kiln_resources::Pools;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::history::HistoryEntry;
 use crate::resource::Registry;
 use crate::{App, AppConfig, BuildError, ConfigError, Generation, Kiln, ReloadError};
 
-/// What asked for a reload; logged with its outcome.
+/// What asked for a reload; logged with its outcome and kept in history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Trigger {
     /// `POST /admin/reload`.
     HttpReload,
+    /// `PATCH /admin/config`.
+    Patch,
+    /// `POST /admin/rollback`.
+    Rollback,
     /// SIGHUP.
     Signal,
+    /// A change to the watched file.
+    Watch,
     /// [`Kiln::reload`] called by the embedding application.
     Api,
 }
@@ -33,7 +39,10 @@ impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::HttpReload => "http-reload",
+            Self::Patch => "patch",
+            Self::Rollback => "rollback",
             Self::Signal => "signal",
+            Self::Watch => "watch",
             Self::Api => "api",
         })
     }
@@ -54,6 +63,15 @@ pub struct ReloadOutcome {
     pub took_ms: u64,
 }
 
+/// Where a reload's candidate document comes from.
+enum Candidate {
+    /// The source file as it is now.
+    File,
+    /// A new text for the source file, written only once it has been
+    /// validated and warmed.
+    Text(String),
+}
+
 impl<A: App> Kiln<A> {
     /// Re-reads the configuration source and, if it is valid and every
     /// changed resource warms, swaps it in on every worker.
@@ -66,7 +84,79 @@ impl<A: App> Kiln<A> {
     ///
     /// A [`ReloadError`]; nothing was applied.
     pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
-        let result = self.reload_serialized().await;
+        self.apply(trigger, |_, _| Ok(Candidate::File)).await
+    }
+
+    /// Applies a JSON merge patch (RFC 7396) to the source file: the patched
+    /// document is validated and warmed like a reload, then written to the
+    /// file atomically (comments, key order and formatting kept), then
+    /// swapped in. With `if_match` (an `ETag` of `GET /admin/config`, i.e.
+    /// a generation id), a patch made against an older generation is refused.
+    ///
+    /// # Errors
+    ///
+    /// A [`ReloadError`]; nothing was applied and the file is untouched.
+    pub async fn patch(
+        &self,
+        patch: &Value,
+        if_match: Option<&str>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        self.apply(Trigger::Patch, |current, _| {
+            if let Some(tag) = if_match
+                && !etag_matches(tag, current.id())
+            {
+                return Err(ReloadError::Stale {
+                    current: current.id(),
+                });
+            }
+            let source = current.source();
+            if kiln_config::format_of(source) != Some(FileFormat::Toml) {
+                return Err(PatchError::NotToml(source.display().to_string()).into());
+            }
+            let text = std::fs::read_to_string(source).map_err(|e| {
+                ReloadError::Invalid(ConfigError::new(
+                    source,
+                    ErrorKind::Syntax(format!("cannot read the file: {e}")),
+                ))
+            })?;
+            Ok(Candidate::Text(kiln_config::merge_patch_toml(
+                &text, patch,
+            )?))
+        })
+        .await
+    }
+
+    /// Returns to the configuration the current generation replaced: it is
+    /// validated, warmed, written back to the source file and swapped in,
+    /// like a reload. Rolling back twice returns to where it started.
+    ///
+    /// # Errors
+    ///
+    /// [`ReloadError::NoPrevious`] before the first reload, or any reload
+    /// error; nothing was applied.
+    pub async fn rollback(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.apply(Trigger::Rollback, |_, previous| {
+            previous
+                .clone()
+                .map(Candidate::Text)
+                .ok_or(ReloadError::NoPrevious)
+        })
+        .await
+    }
+
+    /// The last reload attempts (`reload.history` of them), newest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.shared.history.newest_first()
+    }
+
+    /// Runs one serialized reload with the candidate `choose` picks, logs it
+    /// and records it in the history.
+    async fn apply(
+        &self,
+        trigger: Trigger,
+        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let result = self.apply_serialized(choose).await;
         match &result {
             Ok(outcome) => tracing::info!(
                 %trigger,
@@ -80,17 +170,28 @@ impl<A: App> Kiln<A> {
                 tracing::error!(%trigger, error = %e, "Reload refused; the current generation keeps serving")
             }
         }
+        let capacity = self.current().config().reload.history;
+        self.shared.history.record(trigger, &result, capacity);
         result
     }
 
-    async fn reload_serialized(&self) -> Result<ReloadOutcome, ReloadError> {
-        let _serialized = self.shared.reload_lock.lock().await;
+    async fn apply_serialized(
+        &self,
+        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let mut previous_text = self.shared.reload_lock.lock().await;
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
         }
         let started = Instant::now();
         let current = self.current();
-        let loaded = kiln_config::load::<A::Config>(current.source())?;
+        let candidate = choose(&current, &previous_text)?;
+        let loaded = match &candidate {
+            Candidate::File => kiln_config::load::<A::Config>(current.source())?,
+            Candidate::Text(text) => {
+                kiln_config::parse::<A::Config>(current.source(), text.clone())?
+            }
+        };
         let restart = current.config().restart_required(&loaded.config);
         if !restart.is_empty() {
             return Err(ReloadError::RestartRequired(restart));
@@ -104,17 +205,36 @@ impl<A: App> Kiln<A> {
             Some(&current),
         )
         .await?;
-        let generation = Arc::new(generation);
-        self.publish(generation.clone()).await?;
+        let staged = self.stage(Arc::new(generation)).await?;
+        if let Candidate::Text(text) = &candidate {
+            kiln_config::write_atomic(current.source(), text).map_err(|source| {
+                ReloadError::Persist {
+                    file: current.source().to_path_buf(),
+                    source,
+                }
+            })?;
+        }
+        let generation = staged.generation_id();
+        self.swap(staged);
+        *previous_text = Some(current.text().to_owned());
 
         Ok(ReloadOutcome {
-            generation: generation.id(),
+            generation,
             previous: current.id(),
             changed,
             rebuilt,
             took_ms: started.elapsed().as_millis() as u64,
         })
     }
+}
+
+/// Whether an `If-Match` value names generation `id`: `*`, `"3"`, `W/"3"`,
+/// or a list of them.
+fn etag_matches(if_match: &str, id: u64) -> bool {
+    if_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == id.to_string())
 }
 
 /// Why a generation could not be built: its config or its resources.

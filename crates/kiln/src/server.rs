@@ -121,6 +121,7 @@ pub(crate) async fn serve_with<A: App>(
         }
     });
 
+    tokio::spawn(kiln.clone().watch());
     kiln.shared.readiness.set_ready();
     tracing::info!(
         "ready: {workers} workers, {} resources warm in {} ms; listening on {main_addr}, admin on {admin_addr}",
