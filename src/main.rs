@@ -82,7 +82,10 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let loaded = kiln::load_config::<NotesConfig>(path)?;
     init_logging(&loaded.config.log);
     let started = std::time::Instant::now();
-    let kiln = control_runtime()?.block_on(kiln::Kiln::start(Notes, loaded))?;
+    // The pools must be dropped where a runtime runs.
+    let runtime = control_runtime()?;
+    let _entered = runtime.enter();
+    let kiln = runtime.block_on(kiln::Kiln::start(Notes, loaded))?;
     let generation = kiln.current();
     let config = generation.config();
     println!("{}: valid", path.display());

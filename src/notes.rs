@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use kiln::resources::deadpool_postgres::tokio_postgres::types::ToSql;
 use kiln::resources::deadpool_sqlite::rusqlite::{self, OptionalExtension};
 use kiln::{App, AppConfig, BoxError, Generation, Pool};
 use serde::{Deserialize, Serialize};
@@ -169,18 +170,15 @@ async fn insert(pool: &Pool, text: String) -> Result<Note, ApiError> {
             .await
         }
         Pool::Postgres(pool) => {
-            let client = pool.get().await.map_err(ApiError::database)?;
-            let row = client
-                .query_one(
-                    "INSERT INTO notes (text) VALUES ($1) RETURNING id, text",
-                    &[&text],
-                )
-                .await
-                .map_err(ApiError::database)?;
-            Ok(Note {
-                id: row.get(0),
-                text: row.get(1),
-            })
+            let mut inserted = postgres(
+                pool,
+                "INSERT INTO notes (text) VALUES ($1) RETURNING id, text",
+                &[&text],
+            )
+            .await?;
+            inserted
+                .pop()
+                .ok_or_else(|| ApiError::database("INSERT returned no row"))
         }
         _ => Err(ApiError::unsupported()),
     }
@@ -196,15 +194,11 @@ async fn fetch(pool: &Pool, id: i64) -> Result<Option<Note>, ApiError> {
             .await
         }
         Pool::Postgres(pool) => {
-            let client = pool.get().await.map_err(ApiError::database)?;
-            let row = client
-                .query_opt("SELECT id, text FROM notes WHERE id = $1", &[&id])
-                .await
-                .map_err(ApiError::database)?;
-            Ok(row.map(|row| Note {
-                id: row.get(0),
-                text: row.get(1),
-            }))
+            Ok(
+                postgres(pool, "SELECT id, text FROM notes WHERE id = $1", &[&id])
+                    .await?
+                    .pop(),
+            )
         }
         _ => Err(ApiError::unsupported()),
     }
@@ -221,21 +215,12 @@ async fn list(pool: &Pool, limit: u32) -> Result<Vec<Note>, ApiError> {
             .await
         }
         Pool::Postgres(pool) => {
-            let client = pool.get().await.map_err(ApiError::database)?;
-            let rows = client
-                .query(
-                    "SELECT id, text FROM notes ORDER BY id DESC LIMIT $1",
-                    &[&i64::from(limit)],
-                )
-                .await
-                .map_err(ApiError::database)?;
-            Ok(rows
-                .iter()
-                .map(|row| Note {
-                    id: row.get(0),
-                    text: row.get(1),
-                })
-                .collect())
+            postgres(
+                pool,
+                "SELECT id, text FROM notes ORDER BY id DESC LIMIT $1",
+                &[&i64::from(limit)],
+            )
+            .await
         }
         _ => Err(ApiError::unsupported()),
     }
@@ -246,6 +231,31 @@ fn note_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Note> {
         id: row.get(0)?,
         text: row.get(1)?,
     })
+}
+
+/// Runs `sql` (cached as a prepared statement per connection) on a pooled
+/// PostgreSQL connection; every notes query returns `(id, text)` rows.
+async fn postgres(
+    pool: &kiln::resources::deadpool_postgres::Pool,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Note>, ApiError> {
+    let client = pool.get().await.map_err(ApiError::database)?;
+    let statement = client
+        .prepare_cached(sql)
+        .await
+        .map_err(ApiError::database)?;
+    let rows = client
+        .query(&statement, params)
+        .await
+        .map_err(ApiError::database)?;
+    Ok(rows
+        .iter()
+        .map(|row| Note {
+            id: row.get(0),
+            text: row.get(1),
+        })
+        .collect())
 }
 
 /// Runs `query` on a pooled SQLite connection (on the blocking pool).

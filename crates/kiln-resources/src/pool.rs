@@ -91,11 +91,15 @@ impl Pool {
     /// When a connection cannot be opened or queried.
     pub async fn warm(&self, name: &str, count: usize) -> Result<(), ResourceError> {
         match self {
-            Self::Sqlite(pool) => {
-                let held =
-                    try_join_all((0..count).map(|_| sqlite::checkout_and_ping(name, pool))).await?;
-                drop(held);
+            Self::Sqlite(pool) if count > 0 => {
+                // The first connection switches a new file to WAL, which takes
+                // an exclusive lock: let it finish before the others open.
+                let first = sqlite::checkout_and_ping(name, pool).await?;
+                let rest =
+                    try_join_all((1..count).map(|_| sqlite::checkout_and_ping(name, pool))).await?;
+                drop((first, rest));
             }
+            Self::Sqlite(_) => {}
             Self::Postgres(pool) => {
                 let held =
                     try_join_all((0..count).map(|_| postgres::checkout_and_ping(name, pool)))

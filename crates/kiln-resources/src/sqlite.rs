@@ -8,7 +8,7 @@ use crate::ResourceError;
 /// Every connection gets WAL (readers never block the writer) and a busy
 /// timeout (writers queue instead of failing at once).
 const PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;";
+    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
 
 pub(crate) fn build(
     name: &str,

@@ -1,0 +1,843 @@
+//! Shared helpers: a temp folder holding a config file, the `kiln` process under
+//! test with its output captured, HTTP calls, and a PostgreSQL schema per test.
+//!
+//! Every wait here is bounded and fails loudly with what it waited for; nothing
+//! asserts on elapsed time.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a server may take to log `ready:`. Generous: debug build, two test
+/// threads each starting servers on a 2-core machine.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a process may take to exit once it is expected to.
+pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Whole-request budget for one HTTP call.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Config files
+// ---------------------------------------------------------------------------
+
+/// A kiln config document, built from the contract's template with overrides.
+/// Values are raw TOML so tests can also write wrong types on purpose.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    sections: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl Config {
+    fn base(kind: &str, url: &str) -> Config {
+        Config {
+            sections: Vec::new(),
+        }
+        .set_str("server.listen", "127.0.0.1:0")
+        .set("server.workers", "2")
+        .set_str("server.warm_timeout", "30s")
+        .set_str("server.shutdown_grace", "10s")
+        .set("server.warm_requests", r#"["/"]"#)
+        .set_str("admin.listen", "127.0.0.1:0")
+        .set_str("pools.main.kind", kind)
+        .set_str("pools.main.url", url)
+        .set("pools.main.max_size", "4")
+        .set("pools.main.warm", "4")
+        .set_str("pools.main.wait_timeout", "10s")
+        .set_str("log.level", "info")
+        .set_str("log.format", "pretty")
+        .set_str("app.greeting", "Hello from kiln")
+    }
+
+    /// Pool `main` on a SQLite file relative to the config file's folder.
+    pub(crate) fn sqlite() -> Config {
+        Config::base("sqlite", "data/kiln.sqlite3")
+    }
+
+    /// Pool `main` on PostgreSQL at `url`.
+    pub(crate) fn postgres(url: &str) -> Config {
+        Config::base("postgres", url)
+    }
+
+    /// Sets `section.key` (the last dot separates the key) to a raw TOML value,
+    /// adding the key or section when missing.
+    pub(crate) fn set(mut self, path: &str, raw: &str) -> Config {
+        let (section, key) = path
+            .rsplit_once('.')
+            .expect("a key path like server.workers");
+        let index = match self.sections.iter().position(|(s, _)| s == section) {
+            Some(i) => i,
+            None => {
+                self.sections.push((section.to_owned(), Vec::new()));
+                self.sections.len() - 1
+            }
+        };
+        let entries = &mut self.sections[index].1;
+        match entries.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = raw.to_owned(),
+            None => entries.push((key.to_owned(), raw.to_owned())),
+        }
+        self
+    }
+
+    /// Sets a string value.
+    pub(crate) fn set_str(self, path: &str, value: &str) -> Config {
+        self.set(path, &toml_str(value))
+    }
+
+    pub(crate) fn greeting(self, greeting: &str) -> Config {
+        self.set_str("app.greeting", greeting)
+    }
+
+    /// Fixed listen addresses instead of ephemeral ones.
+    pub(crate) fn listen_on(self, main: SocketAddr, admin: SocketAddr) -> Config {
+        self.set_str("server.listen", &main.to_string())
+            .set_str("admin.listen", &admin.to_string())
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        for (section, entries) in &self.sections {
+            out.push_str(&format!("[{section}]\n"));
+            for (key, value) in entries {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A TOML basic string. JSON string escapes are a subset of TOML's.
+pub(crate) fn toml_str(value: &str) -> String {
+    serde_json::to_string(value).expect("a string serializes")
+}
+
+/// A temp folder laid out as `etc/kiln.toml` (the config) and `run/` (the
+/// process's working directory), so that relative paths resolved against the
+/// wrong folder are visible and never land in the repository.
+#[derive(Clone)]
+pub(crate) struct Site(Arc<TempDir>);
+
+impl Site {
+    pub(crate) fn new(config: &str) -> Site {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .expect("create a temp dir");
+        std::fs::create_dir(dir.path().join("etc")).expect("create etc/");
+        std::fs::create_dir(dir.path().join("run")).expect("create run/");
+        let site = Site(Arc::new(dir));
+        site.write_config(config);
+        site
+    }
+
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.path("kiln.toml")
+    }
+
+    /// A path relative to the config file's folder.
+    pub(crate) fn path(&self, relative: &str) -> PathBuf {
+        self.0.path().join("etc").join(relative)
+    }
+
+    pub(crate) fn cwd(&self) -> PathBuf {
+        self.0.path().join("run")
+    }
+
+    /// Replaces the config file atomically, so a reader never sees half of it.
+    pub(crate) fn write_config(&self, text: &str) {
+        let tmp = self.path("kiln.toml.tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config into place");
+    }
+
+    /// `kiln` run from this site's working directory.
+    pub(crate) fn command(&self) -> Command {
+        let mut cmd = kiln_command();
+        cmd.current_dir(self.cwd());
+        cmd
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// The binary under test with a predictable environment: no inherited
+/// `KILN_*` settings (config overrides, admin URL) or `RUST_LOG`, no colours.
+pub(crate) fn kiln_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// What a finished command printed.
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs a command to completion within `EXIT_TIMEOUT`, killing it and failing
+/// the test when it hangs.
+pub(crate) fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln");
+    let stdout = Lines::capture(child.stdout.take().expect("piped stdout"));
+    let stderr = Lines::capture(child.stderr.take().expect("piped stderr"));
+    let status = match wait_child(&mut child, EXIT_TIMEOUT) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not exit within {EXIT_TIMEOUT:?}\n--- stderr ---\n{}",
+                stderr.text()
+            );
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.wait_closed(),
+        stderr: stderr.wait_closed(),
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines read from a child's pipe by a background thread, with waiting.
+#[derive(Clone, Default)]
+pub(crate) struct Lines(Arc<(Mutex<LinesState>, Condvar)>);
+
+#[derive(Default)]
+struct LinesState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl Lines {
+    fn capture(pipe: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let shared = lines.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            // Lossy and byte-wise: a stray non-UTF-8 byte must not end capture.
+            while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
+                shared.update(|state| state.lines.push(line));
+                buf.clear();
+            }
+            shared.update(|state| state.closed = true);
+        });
+        lines
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LinesState)) {
+        let (lock, cvar) = &*self.0;
+        f(&mut lock.lock().unwrap());
+        cvar.notify_all();
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().lines.clone()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.0.lock().unwrap().lines.len()
+    }
+
+    pub(crate) fn text(&self) -> String {
+        self.snapshot().iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    /// The first line at index `from` or later that contains `needle`; `None`
+    /// when the pipe closed or `timeout` passed first.
+    pub(crate) fn wait_for(&self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if let Some(line) = state.lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return None;
+            }
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything, once the writer closed the pipe (bounded).
+    pub(crate) fn wait_closed(&self) -> String {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let (lock, cvar) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        while !state.closed {
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "output pipe still open after the process exited"
+            );
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
+        state.lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+}
+
+/// Drops ANSI escape sequences, in case the log formatter colours anyway.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A running (or starting) `kiln <CONFIG>` process. Dropping it kills the
+/// process; when the test is failing, the captured stderr is printed.
+pub(crate) struct Server {
+    pub(crate) site: Site,
+    child: Child,
+    pub(crate) stderr: Lines,
+    pub(crate) stdout: Lines,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Serves `config` from a fresh site and waits for `ready:`.
+    pub(crate) fn start(config: &str) -> Server {
+        Server::start_with(config, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub(crate) fn start_with(config: &str, env: &[(&str, &str)]) -> Server {
+        let mut server = Server::spawn(Site::new(config), env);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts serving `site` without waiting for anything.
+    pub(crate) fn spawn(site: Site, env: &[(&str, &str)]) -> Server {
+        let mut cmd = site.command();
+        cmd.arg(site.config_path())
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kiln");
+        let stdout = Lines::capture(child.stdout.take().expect("piped stdout"));
+        let stderr = Lines::capture(child.stderr.take().expect("piped stderr"));
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "KILN__ADMIN__TOKEN")
+            .map(|(_, v)| v.to_string());
+        Server {
+            site,
+            child,
+            stderr,
+            stdout,
+            addrs: None,
+            token,
+            agent: agent(),
+        }
+    }
+
+    /// Waits for the `ready:` line and learns the listening addresses from it.
+    pub(crate) fn wait_ready(&mut self) -> String {
+        let Some(line) = self.stderr.wait_for(0, "ready: ", READY_TIMEOUT) else {
+            // Either stderr closed (the process is exiting) or time ran out.
+            match self.try_wait_exit(Duration::from_secs(5)) {
+                Some(status) => panic!("kiln exited ({status}) without logging `ready:`"),
+                None => panic!("kiln did not log `ready:` within {READY_TIMEOUT:?}"),
+            }
+        };
+        self.addrs = Some(parse_ready(&line));
+        line
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn main_addr(&self) -> SocketAddr {
+        self.addrs.expect("server not ready yet").0
+    }
+
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
+        self.addrs.expect("server not ready yet").1
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.main_addr())
+    }
+
+    pub(crate) fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr())
+    }
+
+    /// GET on the server's keep-alive connection.
+    pub(crate) fn get(&self, path: &str) -> Reply {
+        expect_reply(call(&self.agent, "GET", &self.url(path), &[], None))
+    }
+
+    /// GET on a connection of its own.
+    pub(crate) fn get_on_new_connection(&self, path: &str) -> Reply {
+        expect_reply(call(&agent(), "GET", &self.url(path), &[], None))
+    }
+
+    pub(crate) fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, &body.to_string())
+    }
+
+    /// POSTs `body` as-is, labelled JSON (for malformed bodies).
+    pub(crate) fn post_raw(&self, path: &str, body: &str) -> Reply {
+        let headers = [("content-type", "application/json")];
+        expect_reply(call(
+            &self.agent,
+            "POST",
+            &self.url(path),
+            &headers,
+            Some(body),
+        ))
+    }
+
+    /// An admin call with exactly the given `Authorization` header (or none).
+    pub(crate) fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Reply {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        let body = (method == "POST").then_some("");
+        expect_reply(call(
+            &self.agent,
+            method,
+            &self.admin_url(path),
+            &headers,
+            body,
+        ))
+    }
+
+    /// An admin call authorised with the token the server was started with.
+    fn admin(&self, method: &str, path: &str) -> Reply {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        self.admin_call(method, path, bearer.as_deref())
+    }
+
+    pub(crate) fn admin_get(&self, path: &str) -> Reply {
+        self.admin("GET", path)
+    }
+
+    pub(crate) fn reload(&self) -> Reply {
+        self.admin("POST", "/admin/reload")
+    }
+
+    /// The generation `/admin/status` reports.
+    pub(crate) fn status_generation(&self) -> u64 {
+        let status = self.admin_get("/admin/status");
+        assert_eq!(status.status, 200, "{status:?}");
+        status.json()["generation"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status without a numeric generation: {status:?}"))
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `INT`) with kill(1).
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    pub(crate) fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_child(&mut self.child, timeout)
+    }
+
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        self.try_wait_exit(EXIT_TIMEOUT)
+            .unwrap_or_else(|| panic!("kiln did not exit within {EXIT_TIMEOUT:?}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "--- kiln (pid {}) stderr ---\n{}--- end of kiln stderr ---",
+                self.child.id(),
+                self.stderr.text()
+            );
+        }
+    }
+}
+
+/// Reads `listening on <ADDR>, admin on <ADDR>` from the ready line. An
+/// unspecified admin IP (0.0.0.0) is reached through loopback.
+fn parse_ready(line: &str) -> (SocketAddr, SocketAddr) {
+    let addr_after = |marker: &str| -> SocketAddr {
+        let start = line
+            .find(marker)
+            .unwrap_or_else(|| panic!("ready line lacks {marker:?}: {line}"))
+            + marker.len();
+        let token: String = line[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ';' | '"'))
+            .collect();
+        let mut addr: SocketAddr = token
+            .trim_end_matches('.')
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {token:?} after {marker:?} ({e}): {line}"));
+        if addr.ip().is_unspecified() {
+            addr.set_ip([127, 0, 0, 1].into());
+        }
+        addr
+    };
+    (addr_after("listening on "), addr_after("admin on "))
+}
+
+// ---------------------------------------------------------------------------
+// HTTP and sockets
+// ---------------------------------------------------------------------------
+
+/// An HTTP reply, body read in full (so the connection goes back to the pool).
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: ureq::http::HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `X-Config-Generation`, which every main-listener response carries.
+    pub(crate) fn generation(&self) -> u64 {
+        self.header("x-config-generation")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric X-Config-Generation: {self:?}"))
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body: String = self.body.chars().take(2000).collect();
+        write!(f, "HTTP {} {:?} {body}", self.status, self.headers)
+    }
+}
+
+/// An agent that returns 4xx/5xx as replies and keeps connections alive.
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(HTTP_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// One request; transport errors are returned, not panicked on.
+pub(crate) fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Reply, ureq::Error> {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = match body {
+        Some(body) => agent.run(request.body(body).expect("valid request"))?,
+        None => agent.run(request.body(()).expect("valid request"))?,
+    };
+    Ok(Reply {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.body_mut().read_to_string()?,
+    })
+}
+
+fn expect_reply(result: Result<Reply, ureq::Error>) -> Reply {
+    result.unwrap_or_else(|e| panic!("HTTP request failed: {e}"))
+}
+
+/// A loopback address whose port was free a moment ago (bound, then released).
+pub(crate) fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+}
+
+/// Two distinct loopback addresses whose ports were free a moment ago (both
+/// bound at once, so they differ).
+pub(crate) fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+/// Asserts that some stderr line contains `error:` and every one of `needles`
+/// (the contract: one line naming the file, the key path and the problem).
+pub(crate) fn assert_error_line(stderr: &str, needles: &[&str]) {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+    assert!(
+        errors.iter().any(|l| needles.iter().all(|n| l.contains(n))),
+        "expected an `error:` line naming {needles:?}; error lines: {errors:#?}\n--- stderr ---\n{stderr}"
+    );
+}
+
+/// Whether something accepts TCP connections at `addr` right now.
+pub(crate) fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Polls `condition` every 20 ms until it holds; fails naming `what` after
+/// `timeout`.
+pub(crate) fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------
+
+const PG_ADDR: &str = "127.0.0.1:5432";
+const PG_ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5";
+
+/// A schema of its own in database `test`, dropped at the end of the test.
+pub(crate) struct PgSchema {
+    name: String,
+}
+
+impl PgSchema {
+    /// The pool URL for kiln, putting the schema first on the search path.
+    pub(crate) fn url(&self) -> String {
+        self.url_at(PG_ADDR)
+    }
+
+    /// The same through another `host:port` (a proxy, a closed port).
+    pub(crate) fn url_at(&self, host_port: &str) -> String {
+        format!(
+            "postgres://postgres@{host_port}/test?options=-csearch_path%3D{}",
+            self.name
+        )
+    }
+
+    /// The same with a password, which trust auth ignores: a secret to hunt
+    /// for in logs and answers.
+    pub(crate) fn url_with_password(&self, password: &str) -> String {
+        self.url()
+            .replacen("postgres@", &format!("postgres:{password}@"), 1)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Best effort: a leftover schema harms nothing.
+        let _ = pg_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}
+
+/// PostgreSQL at 127.0.0.1:5432 with a fresh schema. Starts the local cluster
+/// when it is installed but stopped; panics (never skips) when unreachable.
+pub(crate) fn postgres() -> PgSchema {
+    static START: Once = Once::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    if pg_execute("SELECT 1").is_err() {
+        START.call_once(|| {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+                .output();
+            eprintln!("postgres was not reachable; tried to start it: {out:?}");
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match pg_execute("SELECT 1") {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => panic!(
+                    "PostgreSQL is required at {PG_ADDR} (user postgres, db test, trust auth) \
+                     and could not be reached or started: {e}"
+                ),
+                Err(_) => thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+    let name = format!("kiln_{}_{}", std::process::id(), NEXT.fetch_add(1, SeqCst));
+    pg_execute(&format!(
+        "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+    ))
+    .unwrap_or_else(|e| panic!("create schema {name}: {e}"));
+    PgSchema { name }
+}
+
+/// A TCP proxy in front of PostgreSQL that counts connections and holds each
+/// new one for `delay` before connecting upstream.
+pub(crate) struct PgProxy {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicUsize,
+    /// Connections piped through to PostgreSQL and not closed yet.
+    live: AtomicUsize,
+}
+
+impl PgProxy {
+    pub(crate) fn start(delay: Duration) -> PgProxy {
+        let upstream: SocketAddr = PG_ADDR.parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counts2, stop2) = (counts.clone(), stop.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                counts2.accepted.fetch_add(1, SeqCst);
+                let counts = counts2.clone();
+                thread::spawn(move || pipe(client, upstream, delay, &counts));
+            }
+        });
+        PgProxy { addr, counts, stop }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections the pool opened so far.
+    pub(crate) fn accepted(&self) -> usize {
+        self.counts.accepted.load(SeqCst)
+    }
+
+    /// Connections open right now.
+    pub(crate) fn live(&self) -> usize {
+        self.counts.live.load(SeqCst)
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+    }
+}
+
+fn pipe(client: TcpStream, upstream: SocketAddr, delay: Duration, counts: &Counts) {
+    thread::sleep(delay);
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return; // the client sees EOF, as with a dead database
+    };
+    counts.live.fetch_add(1, SeqCst);
+    let (mut from_client, mut to_server) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let forward = thread::spawn(move || {
+        let _ = io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(Shutdown::Write);
+    });
+    let (mut from_server, mut to_client) = (server, client);
+    let _ = io::copy(&mut from_server, &mut to_client);
+    let _ = to_client.shutdown(Shutdown::Write);
+    let _ = forward.join();
+    counts.live.fetch_sub(1, SeqCst);
+}
+
+/// Runs `sql` on a short-lived admin connection.
+fn pg_execute(sql: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
+        drop(client);
+        let _ = driver.await;
+        result
+    })
+}
