@@ -98,7 +98,7 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     for (name, pool) in generation.pools().iter() {
         let status = pool.status();
         println!(
-            "  pool {name} ({:?}): {} of {} connections open and pinged",
+            "  pool {name} ({}): {} of {} connections open and pinged",
             status.kind, status.size, status.max_size
         );
     }

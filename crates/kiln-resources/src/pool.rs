@@ -171,7 +171,7 @@ impl Pools {
                 let started = Instant::now();
                 let pool = Pool::build(name, config, base_dir)?;
                 let count = config.warm_count();
-                tracing::info!(pool = %name, kind = ?config.kind, connections = count, "Warming pool");
+                tracing::info!(pool = %name, kind = %config.kind, connections = count, "Warming pool");
                 match tokio::time::timeout(timeout, pool.warm(name, count)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(e),
