@@ -28,6 +28,9 @@ impl<A: App> Kiln<A> {
             _ => PathBuf::from("."),
         };
         let (tx, mut events) = mpsc::unbounded_channel();
+        // Saves made before the watch was armed (during start-up, say) are
+        // caught by one look at the file once it is.
+        let _ = tx.send(());
         let Some(_watcher) = watch_folder(&folder, &source, tx, self.watching()) else {
             return;
         };
