@@ -11,14 +11,6 @@ const ROUTES: [(&str, &str); 3] = [
     ("POST", "/admin/reload"),
 ];
 
-/// Asserts `secret` appears nowhere the server printed.
-fn assert_not_logged(server: &Server, secret: &str) {
-    for (name, lines) in [("stderr", &server.stderr), ("stdout", &server.stdout)] {
-        let text = lines.text();
-        assert!(!text.contains(secret), "secret printed on {name}:\n{text}");
-    }
-}
-
 #[test]
 fn env_token_guards_every_admin_route() {
     let token = "tok-5b1e-env-secret";
@@ -58,7 +50,7 @@ fn env_token_guards_every_admin_route() {
         200,
         "the main listener needs no token"
     );
-    assert_not_logged(&server, token);
+    server.assert_not_printed(token);
 }
 
 #[test]
@@ -74,7 +66,7 @@ fn file_token_allows_public_admin_and_stays_secret() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["admin"]["token"], json!("***"), "{reply:?}");
     assert!(!reply.body.contains(token), "{reply:?}");
-    assert_not_logged(&server, token);
+    server.assert_not_printed(token);
 }
 
 #[test]
@@ -99,5 +91,5 @@ fn database_password_is_never_shown() {
     let reply = server.reload();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(!reply.body.contains(password), "{reply:?}");
-    assert_not_logged(&server, password);
+    server.assert_not_printed(password);
 }

@@ -27,18 +27,7 @@ fn base() -> Config {
 fn assert_rejected(server: &Server, bad: &str, status: u16) -> Value {
     let before = server.status_generation();
     server.site.write_config(bad);
-    let reply = server.reload();
-    assert_eq!(reply.status, status, "{reply:?}");
-    let body = reply.json();
-    assert!(
-        body["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "no error message: {reply:?}"
-    );
-    assert_eq!(
-        body["generation"],
-        json!(before),
-        "answer names the current generation: {reply:?}"
-    );
+    let body = util::assert_refused(&server.reload(), status, before);
     for root in [server.get("/"), server.get_on_new_connection("/")] {
         assert_eq!(
             root.body, STABLE,
@@ -78,18 +67,6 @@ fn error_of(body: &Value) -> &str {
     body["error"].as_str().unwrap_or_default()
 }
 
-fn strings(value: &Value) -> Vec<&str> {
-    value
-        .as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {value}"))
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .unwrap_or_else(|| panic!("expected strings in {value}"))
-        })
-        .collect()
-}
-
 #[test]
 fn greeting_change_reaches_every_connection() {
     let server = Server::start(&Config::sqlite().greeting("one").render());
@@ -104,9 +81,13 @@ fn greeting_change_reaches_every_connection() {
     let body = reply.json();
     assert_eq!(body["generation"], json!(2), "{body}");
     assert_eq!(body["previous"], json!(1), "{body}");
-    assert_eq!(strings(&body["changed"]), ["app.greeting"], "{body}");
+    assert_eq!(
+        util::json_strings(&body["changed"]),
+        ["app.greeting"],
+        "{body}"
+    );
     assert!(
-        strings(&body["rebuilt"]).is_empty(),
+        util::json_strings(&body["rebuilt"]).is_empty(),
         "no pool section changed: {body}"
     );
     assert!(body["took_ms"].is_u64(), "{body}");
@@ -134,9 +115,9 @@ fn pool_change_rebuilds_that_pool_and_keeps_data() {
     let reply = server.reload();
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
-    assert_eq!(strings(&body["rebuilt"]), ["main"], "{body}");
+    assert_eq!(util::json_strings(&body["rebuilt"]), ["main"], "{body}");
     assert!(
-        strings(&body["changed"]).contains(&"pools.main.max_size"),
+        util::json_strings(&body["changed"]).contains(&"pools.main.max_size"),
         "{body}"
     );
 
@@ -291,12 +272,16 @@ fn restart_only_keys_are_rejected_with_409() {
     let server = Server::start(&base().render());
     let workers = base().greeting(MUST_NOT_APPLY).set("server.workers", "3");
     let body = assert_rejected(&server, &workers.render(), 409);
-    assert_eq!(strings(&body["keys"]), ["server.workers"], "{body}");
+    assert_eq!(
+        util::json_strings(&body["keys"]),
+        ["server.workers"],
+        "{body}"
+    );
 
     let (main, admin) = util::free_addr_pair();
     let all = workers.listen_on(main, admin);
     let body = assert_rejected(&server, &all.render(), 409);
-    let mut keys = strings(&body["keys"]);
+    let mut keys = util::json_strings(&body["keys"]);
     keys.sort_unstable();
     assert_eq!(
         keys,

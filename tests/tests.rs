@@ -7,9 +7,16 @@ mod util;
 
 mod admin_auth;
 mod cli;
+mod config_patch;
+mod embed_keyed;
+mod embed_reload;
+mod embed_resource;
+mod examples;
 mod notes_api;
 mod reload_admin;
 mod reload_under_load;
+mod rollback_history;
 mod signals;
 mod startup_fails;
 mod startup_warm;
+mod watch_file;

@@ -841,3 +841,334 @@ fn pg_execute(sql: &str) -> Result<(), String> {
         result
     })
 }
+
+// ---------------------------------------------------------------------------
+// Web-alterable configuration: PATCH, rollback, history, watched files
+// ---------------------------------------------------------------------------
+
+/// How long a change made through the file (a watched save, SIGHUP) may take
+/// to be served: debounce, reload and warm-up in a debug build on a busy
+/// machine.
+pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Site {
+    /// The config file's text as it is on disk now.
+    pub(crate) fn read_config(&self) -> String {
+        std::fs::read_to_string(self.config_path()).expect("read the config file")
+    }
+
+    /// Overwrites the config file in place (truncate, then write), as a
+    /// plain `echo > file` or an editor without safe-save does.
+    pub(crate) fn write_config_in_place(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config in place");
+    }
+}
+
+impl Server {
+    /// `PATCH /admin/config` with `body` sent as-is, labelled JSON, plus
+    /// `headers` (`If-Match`, `Authorization`); the start-up token is sent
+    /// unless `headers` carries an `Authorization` of its own.
+    pub(crate) fn patch_config_raw(&self, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all = vec![("content-type", "application/json")];
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            all.extend(bearer.as_deref().map(|b| ("authorization", b)));
+        }
+        all.extend_from_slice(headers);
+        expect_reply(call(
+            &self.agent,
+            "PATCH",
+            &self.admin_url("/admin/config"),
+            &all,
+            Some(body),
+        ))
+    }
+
+    /// `PATCH /admin/config` with a JSON merge patch.
+    pub(crate) fn patch_config(&self, patch: &Value) -> Reply {
+        self.patch_config_raw(&patch.to_string(), &[])
+    }
+
+    /// `PATCH /admin/config` with a JSON merge patch and `If-Match: etag`.
+    pub(crate) fn patch_config_if_match(&self, patch: &Value, etag: &str) -> Reply {
+        self.patch_config_raw(&patch.to_string(), &[("if-match", etag)])
+    }
+
+    /// The `ETag` of `GET /admin/config`.
+    pub(crate) fn config_etag(&self) -> String {
+        let reply = self.admin_get("/admin/config");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply
+            .header("etag")
+            .unwrap_or_else(|| panic!("GET /admin/config without an ETag: {reply:?}"))
+            .to_owned()
+    }
+
+    /// `POST /admin/rollback`.
+    pub(crate) fn rollback(&self) -> Reply {
+        self.admin("POST", "/admin/rollback")
+    }
+
+    /// `GET /admin/history`: the reload attempts, newest first.
+    pub(crate) fn history(&self) -> Vec<Value> {
+        let reply = self.admin_get("/admin/history");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        match reply.json() {
+            Value::Array(entries) => entries,
+            other => panic!("history is not a JSON array: {other}"),
+        }
+    }
+
+    /// The history entries with `trigger`, newest first.
+    pub(crate) fn history_of(&self, trigger: &str) -> Vec<Value> {
+        self.history()
+            .into_iter()
+            .filter(|entry| entry["trigger"] == trigger)
+            .collect()
+    }
+
+    /// Waits (bounded) until `GET /` answers `greeting`, and returns the
+    /// generation that served it.
+    pub(crate) fn wait_for_greeting(&self, greeting: &str) -> u64 {
+        wait_until(
+            APPLY_TIMEOUT,
+            &format!("the greeting {greeting:?} to be served"),
+            || self.get("/").body == greeting,
+        );
+        self.get("/").generation()
+    }
+
+    /// Asserts that `GET /` still answers `greeting` from `generation`, on
+    /// this connection and on a new one.
+    pub(crate) fn assert_serving(&self, greeting: &str, generation: u64) {
+        for root in [self.get("/"), self.get_on_new_connection("/")] {
+            assert_eq!(
+                (root.body.as_str(), root.generation()),
+                (greeting, generation),
+                "GET / serves the expected greeting and generation"
+            );
+        }
+    }
+
+    /// Asserts `secret` appears nowhere the server printed.
+    pub(crate) fn assert_not_printed(&self, secret: &str) {
+        for (name, lines) in [("stderr", &self.stderr), ("stdout", &self.stdout)] {
+            let text = lines.text();
+            assert!(!text.contains(secret), "secret printed on {name}:\n{text}");
+        }
+    }
+
+    /// Waits (bounded) until `GET /admin/history` holds the entry of
+    /// `generation` (a watched or signalled reload is served a moment before
+    /// it is recorded), and returns it.
+    pub(crate) fn wait_for_history_entry(&self, generation: u64) -> Value {
+        let mut found = None;
+        wait_until(
+            APPLY_TIMEOUT,
+            &format!("generation {generation} in /admin/history"),
+            || {
+                found = self
+                    .history()
+                    .into_iter()
+                    .find(|entry| entry["generation"] == generation);
+                found.is_some()
+            },
+        );
+        found.expect("found by the wait")
+    }
+}
+
+/// Asserts `reply` is a successful reload answer (`200` with `generation`,
+/// `previous`, `changed`, `rebuilt`, `took_ms`) that made `generation` out of
+/// the one before, changing and rebuilding exactly what is listed.
+pub(crate) fn assert_reloaded(reply: &Reply, generation: u64, changed: &[&str], rebuilt: &[&str]) {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = reply.json();
+    assert_eq!(body["generation"], generation, "{body}");
+    assert_eq!(body["previous"], generation - 1, "{body}");
+    assert_eq!(json_strings(&body["changed"]), changed, "{body}");
+    assert_eq!(json_strings(&body["rebuilt"]), rebuilt, "{body}");
+    assert!(body["took_ms"].is_u64(), "{body}");
+}
+
+/// Asserts `reply` refuses a change with `status`, an error message and the
+/// `generation` that keeps serving; returns its JSON for case-specific checks.
+pub(crate) fn assert_refused(reply: &Reply, status: u16, generation: u64) -> Value {
+    assert_eq!(reply.status, status, "{reply:?}");
+    let body = reply.json();
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no error message: {reply:?}"
+    );
+    assert_eq!(
+        body["generation"], generation,
+        "the serving generation: {reply:?}"
+    );
+    body
+}
+
+/// The strings of a JSON array (`changed`, `rebuilt`, `keys`).
+pub(crate) fn json_strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {value}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("expected strings in {value}"))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Embedding: kiln as a library in a Router the test builds, and the examples
+// ---------------------------------------------------------------------------
+
+/// How long an embedded kiln may take to start, reload, or let a held request
+/// in: generous, for a debug build on a busy machine.
+pub(crate) const EMBED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An `[app]` section with the greeting every [`Config`] sets.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub(crate) struct Greeting {
+    pub(crate) greeting: String,
+}
+
+impl kiln::AppConfig for Greeting {}
+
+/// Sends `request` through `router` in-process and reads the answer in full.
+pub(crate) async fn send(router: &axum::Router, request: axum::extract::Request) -> Reply {
+    use tower::ServiceExt as _;
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("read the body");
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
+    }
+}
+
+/// `GET path` through `router`, with `Host: host` when given.
+pub(crate) async fn get_in_process(router: &axum::Router, host: Option<&str>, path: &str) -> Reply {
+    let mut request = axum::http::Request::get(path);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    send(
+        router,
+        request
+            .body(axum::body::Body::empty())
+            .expect("a valid request"),
+    )
+    .await
+}
+
+/// A point inside a handler where requests wait until the test opens it, so
+/// that they are in flight for as long as the test needs.
+pub(crate) struct Gate {
+    entered: tokio::sync::watch::Sender<usize>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            entered: tokio::sync::watch::Sender::new(0),
+            open: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Gate {
+    /// Called by the handler: counts itself in, then waits for the gate to open.
+    pub(crate) async fn pass(&self) {
+        self.entered.send_modify(|n| *n += 1);
+        let mut open = self.open.subscribe();
+        open.wait_for(|open| *open).await.expect("the gate lives");
+    }
+
+    /// Waits (bounded) until `count` requests wait at the gate.
+    pub(crate) async fn wait_entered(&self, count: usize) {
+        let mut entered = self.entered.subscribe();
+        tokio::time::timeout(EMBED_TIMEOUT, entered.wait_for(|n| *n >= count))
+            .await
+            .unwrap_or_else(|_| panic!("{count} requests did not reach the gate"))
+            .expect("the gate lives");
+    }
+
+    pub(crate) fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// Polls `condition` every 10 ms (without blocking the runtime) until it holds;
+/// fails naming `what` after `EMBED_TIMEOUT`.
+pub(crate) async fn wait_until_async(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + EMBED_TIMEOUT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {EMBED_TIMEOUT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The compiled example `name`: `cargo test` builds examples into
+/// `target/<profile>/examples/`, beside the folder of the `kiln` binary.
+fn example_path(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kiln"));
+    let path = bin
+        .parent()
+        .expect("the binary's folder")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "example {name} is not built at {}: run `cargo test` (which builds examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+impl Server {
+    /// Runs example `name` with `site`'s config file, then `args`, and waits
+    /// for its `ready:` line.
+    pub(crate) fn start_example(name: &str, site: Site, args: &[&str]) -> Server {
+        let mut cmd = Command::new(example_path(name));
+        cmd.current_dir(site.cwd())
+            .arg(site.config_path())
+            .args(args)
+            // No inherited `KILN__*` overrides or `RUST_LOG`.
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn the example");
+        let stdout = Lines::capture(child.stdout.take().expect("piped stdout"));
+        let stderr = Lines::capture(child.stderr.take().expect("piped stderr"));
+        let mut server = Server {
+            site,
+            child,
+            stderr,
+            stdout,
+            addrs: None,
+            token: None,
+            agent: agent(),
+        };
+        server.wait_ready();
+        server
+    }
+}

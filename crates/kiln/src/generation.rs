@@ -23,6 +23,8 @@ pub struct Generation<C> {
     pools: Pools,
     resources: BTreeMap<String, Built>,
     loaded_at: SystemTime,
+    /// The per-key app instances built for this generation.
+    pub(crate) keyed: crate::keyed::Slot,
 }
 
 impl<C> Generation<C> {
@@ -38,6 +40,7 @@ impl<C> Generation<C> {
             pools,
             resources,
             loaded_at: SystemTime::now(),
+            keyed: Default::default(),
         }
     }
 
@@ -73,6 +76,10 @@ impl<C> Generation<C> {
 
     pub(crate) fn built_resource(&self, name: &str) -> Option<Built> {
         self.resources.get(name).cloned()
+    }
+
+    pub(crate) fn resources(&self) -> &BTreeMap<String, Built> {
+        &self.resources
     }
 
     /// When this generation was published.

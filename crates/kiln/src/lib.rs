@@ -38,6 +38,43 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Embedding
+//!
+//! An existing axum app keeps its `main`, its runtime and its listener: it
+//! starts kiln (which loads, validates and warms everything before it
+//! returns), then nests kiln's routers wherever it likes.
+//!
+//! ```no_run
+//! # use axum::{Router, routing::get};
+//! # use kiln::{App, Generation};
+//! # #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+//! # struct Hello { greeting: String }
+//! # impl kiln::AppConfig for Hello {}
+//! # struct HelloApp;
+//! # impl App for HelloApp {
+//! #     type Config = Hello;
+//! #     fn router(&self, _: &Generation<Hello>) -> Router { Router::new() }
+//! # }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
+//! let kiln = kiln::Kiln::start(HelloApp, loaded).await?;
+//! let app = Router::new()
+//!     .route("/", get(|| async { "the app's own route" }))
+//!     .nest("/api", kiln.router().await?) // each request on the current generation
+//!     .nest("/ops", kiln.admin_router()); // /ops/reload, /ops/status, /ops/config
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Kiln::current`] reads the live generation without a lock,
+//! [`Kiln::subscribe`] waits for the next one, and [`Kiln::reload`] reloads
+//! from code. A [`Resource`] is the app's own expensive thing, built from
+//! `[resources.NAME]` and warmed before it serves; [`Keyed`] serves one app
+//! instance per key (a tenant, a host name). The repository's `examples/`
+//! has a runnable program for each.
 #![deny(missing_docs)]
 
 mod admin;
@@ -47,6 +84,7 @@ mod error;
 mod generation;
 mod history;
 mod http;
+mod keyed;
 mod kiln;
 mod reload;
 mod resource;
@@ -58,6 +96,7 @@ pub use crate::app::{App, BoxError};
 pub use crate::error::{BuildError, ReloadError, StartError};
 pub use crate::generation::Generation;
 pub use crate::history::HistoryEntry;
+pub use crate::keyed::{KeyContext, Keyed, KeyedApp};
 pub use crate::kiln::{Builder, Kiln, Status, Worker, WorkerStatus};
 pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;

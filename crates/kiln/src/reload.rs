@@ -205,7 +205,9 @@ impl<A: App> Kiln<A> {
             Some(&current),
         )
         .await?;
-        let staged = self.stage(Arc::new(generation)).await?;
+        let generation = Arc::new(generation);
+        let staged = self.stage(generation.clone()).await?;
+        let rebuilt = [rebuilt, generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = &candidate {
             kiln_config::write_atomic(current.source(), text).map_err(|source| {
                 ReloadError::Persist {

@@ -98,16 +98,29 @@ fn health_routes(readiness: Arc<Readiness>) -> Router {
 #[derive(Clone)]
 pub struct GenerationService {
     current: Arc<ArcSwap<WorkerApp>>,
+    /// Marks every request [`WarmUp`].
+    warm_up: bool,
 }
+
+/// A request extension (which no client can set) on the requests a worker
+/// serves to itself while warming.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WarmUp;
 
 impl GenerationService {
     pub(crate) fn new(current: Arc<ArcSwap<WorkerApp>>) -> Self {
-        Self { current }
+        Self {
+            current,
+            warm_up: false,
+        }
     }
 
     /// A service pinned to one app, for warm-up before it is published.
     pub(crate) fn fixed(app: Arc<WorkerApp>) -> Self {
-        Self::new(Arc::new(ArcSwap::new(app)))
+        Self {
+            current: Arc::new(ArcSwap::new(app)),
+            warm_up: true,
+        }
     }
 }
 
@@ -127,7 +140,11 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // An Arc, not a Guard: the app must outlive this call.
         let app = self.current.load_full();
-        let future = app.router.clone().call(request.map(Body::new));
+        let mut request = request.map(Body::new);
+        if self.warm_up {
+            request.extensions_mut().insert(WarmUp);
+        }
+        let future = app.router.clone().call(request);
         ResponseFuture {
             future,
             app: Some(app),

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# kiln's benchmarks, in one command (issue 5):
+#
+#   crates/kiln-bench/run.sh
+#
+# Builds kiln and the benchmark programs in release, installs the load
+# generators if missing (oha from crates.io, wrk from Debian), then runs each
+# measurement against loopback only (127.0.0.1), with bounded durations,
+# variants interleaved A B A B over $RUNS rounds:
+#
+#   config-read  criterion: one config read per request, 6 mechanisms
+#   overhead     kiln GET / vs bare axum at saturation, 1 and 2 workers (wrk)
+#   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
+#   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
+#   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
+#   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
+#
+# Raw JSON and one markdown table per measurement go to target/bench/;
+# target/bench/report.md gathers them (the tables of BENCHMARKS.md).
+#
+# Settings (environment):
+#   RUNS=3                 rounds of each measurement (medians need >= 3)
+#   OVERHEAD_RUNS=5        rounds of the overhead measurement (the noisiest)
+#   SECTIONS="..."         a subset of the names above, space-separated
+#   SERVER_CPUS=0          CPUs the server under test is pinned to
+#   CLIENT_CPUS=1          CPUs the load generator is pinned to
+#   PG_ADDR=127.0.0.1:5432 PostgreSQL (trust auth); PG_USER=postgres
+#   QUICK=1                shorter criterion runs (a smoke test, not figures)
+#
+# A full run takes about 10 minutes on a 2-vCPU machine after the build.
+set -uo pipefail
+
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+OUT="$ROOT/target/bench"
+RUNS=${RUNS:-3}
+OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
+SECTIONS=${SECTIONS:-"config-read overhead coldstart startup reload memory"}
+SERVER_CPUS=${SERVER_CPUS:-0}
+CLIENT_CPUS=${CLIENT_CPUS:-1}
+PG_ADDR=${PG_ADDR:-127.0.0.1:5432}
+PG_USER=${PG_USER:-postgres}
+mkdir -p "$OUT"
+
+say() { printf '\n== %s\n' "$*" >&2; }
+wants() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+# --- tools -------------------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; exit 1; }
+if ! command -v wrk >/dev/null; then
+    say "installing wrk (Debian)"
+    { apt-get update -qq && apt-get install -y -qq wrk; } >&2 || { echo "cannot install wrk" >&2; exit 1; }
+fi
+if ! command -v oha >/dev/null; then
+    say "installing oha (cargo install oha --locked)"
+    cargo install oha --locked >&2 || { echo "cannot install oha" >&2; exit 1; }
+fi
+
+# --- build -------------------------------------------------------------------
+say "building kiln and the benchmark programs (release)"
+cargo build --release -p kiln-cli --bin kiln >&2 || exit 1
+cargo build --release -p kiln-bench --bins >&2 || exit 1
+BENCH="$ROOT/target/release/kiln-bench"
+COMMON=(--bin-dir "$ROOT/target/release" --out "$OUT"
+        --server-cpus "$SERVER_CPUS" --client-cpus "$CLIENT_CPUS"
+        --pg-addr "$PG_ADDR" --pg-user "$PG_USER")
+
+failed=()
+section() { # name, then the command
+    local name=$1; shift
+    wants "$name" || return 0
+    say "$name"
+    local started=$SECONDS
+    if "$@"; then
+        echo "($name took $((SECONDS - started)) s)" >&2
+    else
+        echo "!! $name failed" >&2
+        failed+=("$name")
+    fi
+}
+
+if wants config-read; then
+    if [[ -n "${QUICK:-}" ]]; then
+        section config-read cargo bench -p kiln-bench --bench config_read -- \
+            --warm-up-time 0.2 --measurement-time 0.5 --sample-size 10
+    else
+        section config-read cargo bench -p kiln-bench --bench config_read
+    fi
+fi
+
+section overhead "$BENCH" "${COMMON[@]}" --runs "$OVERHEAD_RUNS" overhead
+
+pg_ok=1
+if wants coldstart || wants startup || wants reload || wants memory; then
+    say "preparing the PostgreSQL database kiln_bench on $PG_ADDR"
+    "$BENCH" "${COMMON[@]}" setup-db || { pg_ok=0; failed+=("setup-db (PostgreSQL at $PG_ADDR)"); }
+fi
+if [[ $pg_ok == 1 ]]; then
+    section coldstart "$BENCH" "${COMMON[@]}" --runs "$RUNS" coldstart
+    section startup "$BENCH" "${COMMON[@]}" --runs "$RUNS" startup
+    section reload "$BENCH" "${COMMON[@]}" --runs "$RUNS" reload
+    section memory "$BENCH" "${COMMON[@]}" --runs "$RUNS" memory
+fi
+
+say "report"
+"$BENCH" "${COMMON[@]}" report --criterion "$ROOT/target/criterion" >/dev/null
+echo "tables: $OUT/report.md; raw JSON: $OUT/*.json" >&2
+if ((${#failed[@]})); then
+    echo "failed: ${failed[*]}" >&2
+    exit 1
+fi

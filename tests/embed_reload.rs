@@ -1,0 +1,126 @@
+//! kiln embedded in a `Router` the test builds: reloads while requests run
+//! keep every request on the generation it started on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::routing::get;
+use kiln::{App, Generation, Kiln, Trigger};
+
+use crate::util::{Config, Gate, Greeting, Reply, Site, get_in_process};
+
+/// Answers `<generation> <greeting>` as its router saw them when it was
+/// built; `/slow` first waits at the gate.
+struct ProbeApp {
+    gate: Arc<Gate>,
+}
+
+impl App for ProbeApp {
+    type Config = Greeting;
+
+    fn router(&self, generation: &Generation<Greeting>) -> Router {
+        let answer = format!("{} {}", generation.id(), generation.app().greeting);
+        let gate = self.gate.clone();
+        let fast = answer.clone();
+        Router::new()
+            .route("/", get(move || async move { fast }))
+            .route(
+                "/slow",
+                get(move || async move {
+                    gate.pass().await;
+                    answer
+                }),
+            )
+    }
+}
+
+fn config(generation: u64) -> String {
+    Config::sqlite()
+        .greeting(&format!("generation {generation}"))
+        .render()
+}
+
+/// The generation in the header (set by kiln around the app) and in the body
+/// (built into the app's router) agree, and the greeting is that generation's.
+fn assert_one_generation(reply: &Reply) -> u64 {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let (id, greeting) = reply.body.split_once(' ').expect("`<id> <greeting>`");
+    let id: u64 = id.parse().expect("a generation id");
+    assert_eq!(
+        reply.generation(),
+        id,
+        "header and body disagree: {reply:?}"
+    );
+    assert_eq!(greeting, format!("generation {id}"), "{reply:?}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_concurrent_requests_keep_each_request_on_one_generation() {
+    let site = Site::new(&config(1));
+    let gate = Arc::new(Gate::default());
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    let kiln = Kiln::start(ProbeApp { gate: gate.clone() }, loaded)
+        .await
+        .expect("kiln starts");
+    let app = Router::new()
+        .route("/own", get(|| async { "the test's own route" }))
+        .nest("/app", kiln.router().await.expect("a worker attaches"));
+
+    // Requests that start on generation 1 and stay in flight across every reload.
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { get_in_process(&app, None, "/app/slow").await })
+        })
+        .collect();
+    gate.wait_entered(4).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let reply = get_in_process(&app, None, "/app").await;
+                    seen.push(assert_one_generation(&reply));
+                    // In-process requests never wait: let the reloads run too.
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        })
+        .collect();
+
+    let mut generations = kiln.subscribe();
+    for next in 2..=21 {
+        site.write_config(&config(next));
+        let outcome = kiln.reload(Trigger::Api).await.expect("the reload applies");
+        assert_eq!(outcome.generation, next);
+        assert_eq!(outcome.changed, ["app.greeting"]);
+        // Once the reload has answered, every new request sees the new generation.
+        let reply = get_in_process(&app, None, "/app").await;
+        assert_eq!(assert_one_generation(&reply), next);
+        assert_eq!(generations.borrow_and_update().id(), next);
+    }
+    stop.store(true, Ordering::Release);
+    for client in clients {
+        let seen = client.await.expect("the client task");
+        assert!(
+            seen.windows(2).all(|pair| pair[0] <= pair[1]),
+            "one client saw generations go back: {seen:?}"
+        );
+    }
+
+    gate.open();
+    for request in held {
+        let reply = request.await.expect("the held request");
+        assert_eq!(assert_one_generation(&reply), 1, "{reply:?}");
+    }
+    assert_eq!(kiln.current().id(), 21);
+    let own = get_in_process(&app, None, "/own").await;
+    assert_eq!(own.body, "the test's own route");
+    assert!(own.header("x-config-generation").is_none(), "{own:?}");
+}
