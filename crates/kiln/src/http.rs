@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{Request, header};
+use futures_util::future::try_join_all;
 use http_body_util::{BodyExt, Empty};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -78,39 +79,79 @@ pub(crate) async fn accept_loop(
 
 /// Serves `paths` through `app`'s full HTTP stack in-process, so that
 /// everything first use costs (routing tables, handler state, the HTTP
-/// codec's buffers, pooled connections' statement caches) is paid before a
-/// real client arrives. Any answer other than 2xx or 3xx is an error.
-pub(crate) async fn warm_requests(app: Arc<WorkerApp>, paths: &[String]) -> Result<(), String> {
+/// codec's buffers, each pooled connection's first run of the app's own
+/// statements) is paid before a real client arrives. Each path is sent as a
+/// wave of `width` concurrent requests on as many in-process connections,
+/// so that the handlers hold `width` pool connections at once and every
+/// one of them runs the app's queries. Any answer other than 2xx or 3xx is
+/// an error.
+pub(crate) async fn warm_requests(
+    app: Arc<WorkerApp>,
+    paths: &[String],
+    width: usize,
+) -> Result<(), String> {
     if paths.is_empty() {
         return Ok(());
     }
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let server = tokio::spawn(serve_connection(server_io, GenerationService::fixed(app)));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
-        .await
-        .map_err(|e| format!("in-process connection failed: {e}"))?;
-    let client = tokio::spawn(connection);
+    let mut clients =
+        try_join_all((0..width.max(1)).map(|_| InProcess::connect(app.clone()))).await?;
     for path in paths {
-        let request = Request::get(path.as_str())
+        try_join_all(clients.iter_mut().map(|client| client.get(path))).await?;
+    }
+    for client in clients {
+        client.close().await;
+    }
+    Ok(())
+}
+
+/// One in-process HTTP/1.1 connection to a worker's app over a pipe.
+struct InProcess {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl InProcess {
+    async fn connect(app: Arc<WorkerApp>) -> Result<Self, String> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = serve_connection(server_io, GenerationService::fixed(app));
+        let server = tokio::spawn(async move { drop(server.await) });
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .map_err(|e| format!("in-process connection failed: {e}"))?;
+        let client = tokio::spawn(async move { drop(connection.await) });
+        Ok(Self {
+            sender,
+            tasks: [client, server],
+        })
+    }
+
+    async fn get(&mut self, path: &str) -> Result<(), String> {
+        let failed = |e: &dyn std::fmt::Display| format!("warm request GET {path}: {e}");
+        let request = Request::get(path)
             .header(header::HOST, "localhost")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("warm request GET {path}: {e}"))?;
-        let response = sender
+            .map_err(|e| failed(&e))?;
+        let response = self
+            .sender
             .send_request(request)
             .await
-            .map_err(|e| format!("warm request GET {path}: {e}"))?;
+            .map_err(|e| failed(&e))?;
         let status = response.status();
         response
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("warm request GET {path}: reading the body: {e}"))?;
+            .map_err(|e| failed(&e))?;
         if !(status.is_success() || status.is_redirection()) {
             return Err(format!("warm request GET {path} answered {status}"));
         }
+        Ok(())
     }
-    drop(sender);
-    let _ = client.await;
-    let _ = server.await;
-    Ok(())
+
+    async fn close(self) {
+        drop(self.sender);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }

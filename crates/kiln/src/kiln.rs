@@ -275,13 +275,22 @@ impl<A: App> Kiln<A> {
         &self,
         generation: Arc<Generation<A::Config>>,
     ) -> Result<Arc<WorkerApp>, String> {
-        let paths = generation.config().server.warm_requests.clone();
+        let config = generation.config();
+        let paths = config.server.warm_requests.clone();
+        // Together the workers' waves are as wide as the widest warm pool.
+        let widest = config
+            .pools
+            .values()
+            .map(|p| p.warm_count())
+            .max()
+            .unwrap_or(1);
+        let width = widest.div_ceil(config.server.worker_count());
         let app = Arc::new(WorkerApp::build(
             &self.shared.app,
             generation,
             &self.shared.readiness,
         ));
-        warm_requests(app.clone(), &paths).await?;
+        warm_requests(app.clone(), &paths, width).await?;
         Ok(app)
     }
 }
