@@ -151,13 +151,13 @@ impl<A: App> Kiln<A> {
     ///
     /// When the app cannot be built or a warm request fails.
     pub async fn worker(&self) -> Result<Worker, BuildError> {
-        let mut app = self.build_worker_app(self.current()).await;
+        let mut app = self.build_worker_app(self.current(), None).await;
         // Register under the reload lock so that no reload can miss this worker;
         // if one was published while we were building, build again.
         let _serialized = self.shared.reload_lock.lock().await;
         let current = self.current();
         if matches!(&app, Ok(app) if app.generation != current.id()) {
-            app = self.build_worker_app(current).await;
+            app = self.build_worker_app(current, None).await;
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         let id = workers.len();
@@ -222,10 +222,13 @@ impl<A: App> Kiln<A> {
     }
 
     /// Prepares `generation` and builds and warms its app on every worker
-    /// (on each worker's own runtime); nothing is published yet.
+    /// (on each worker's own runtime); nothing is published yet. Only the
+    /// `fresh` pools (new in this generation) need a wide warm-up wave; the
+    /// others were warmed by an earlier one.
     pub(crate) async fn stage(
         &self,
         generation: Arc<Generation<A::Config>>,
+        fresh: &[String],
     ) -> Result<Staged<A::Config>, BuildError> {
         prepare(&self.shared.app, &generation).await?;
         let runtimes: Vec<Handle> = {
@@ -236,8 +239,10 @@ impl<A: App> Kiln<A> {
         let builds = runtimes.into_iter().enumerate().map(|(id, runtime)| {
             let kiln = self.clone();
             let generation = generation.clone();
+            let fresh = fresh.to_vec();
             async move {
-                let built = runtime.spawn(async move { kiln.build_worker_app(generation).await });
+                let built = runtime
+                    .spawn(async move { kiln.build_worker_app(generation, Some(&fresh)).await });
                 match tokio::time::timeout(timeout, built).await {
                     Ok(Ok(Ok(app))) => Ok(app),
                     Ok(Ok(Err(message))) => Err(BuildError::Worker {
@@ -271,17 +276,21 @@ impl<A: App> Kiln<A> {
         }
     }
 
+    /// Builds this worker's app for `generation` and serves the warm
+    /// requests through it, as a wave that together with the other workers'
+    /// is as wide as the widest `fresh` pool (every pool when `None`).
     async fn build_worker_app(
         &self,
         generation: Arc<Generation<A::Config>>,
+        fresh: Option<&[String]>,
     ) -> Result<Arc<WorkerApp>, String> {
         let config = generation.config();
         let paths = config.server.warm_requests.clone();
-        // Together the workers' waves are as wide as the widest warm pool.
         let widest = config
             .pools
-            .values()
-            .map(|p| p.warm_count())
+            .iter()
+            .filter(|(name, _)| fresh.is_none_or(|fresh| fresh.contains(name)))
+            .map(|(_, pool)| pool.warm_count())
             .max()
             .unwrap_or(1);
         let width = widest.div_ceil(config.server.worker_count());

@@ -206,7 +206,7 @@ impl<A: App> Kiln<A> {
         )
         .await?;
         let generation = Arc::new(generation);
-        let staged = self.stage(generation.clone()).await?;
+        let staged = self.stage(generation.clone(), &rebuilt).await?;
         let rebuilt = [rebuilt, generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = &candidate {
             kiln_config::write_atomic(current.source(), text).map_err(|source| {
