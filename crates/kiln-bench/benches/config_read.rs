@@ -55,15 +55,6 @@ enum Cell {
 }
 
 impl Cell {
-    const NAMES: [&'static str; 6] = [
-        "arcswap_load",
-        "arcswap_load_full",
-        "arcswap_cache",
-        "std_rwlock",
-        "tokio_rwlock",
-        "std_mutex",
-    ];
-
     fn new(name: &str) -> Self {
         let swap = || Arc::new(ArcSwap::new(config(0)));
         match name {
@@ -168,7 +159,7 @@ fn run(cell: &Cell, readers: usize, writer: bool, iters: u64) -> Duration {
 
 fn config_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("config_read");
-    for name in Cell::NAMES {
+    for name in kiln_bench::CONFIG_READ_MECHANISMS {
         for readers in [1, 2] {
             for writer in [false, true] {
                 let cell = Cell::new(name);

@@ -11,3 +11,14 @@
 pub mod http;
 pub mod process;
 pub mod stats;
+
+/// The config-read mechanisms the criterion bench measures, in report order
+/// (the bench's ids and the driver's table rows).
+pub const CONFIG_READ_MECHANISMS: [&str; 6] = [
+    "arcswap_load",
+    "arcswap_load_full",
+    "arcswap_cache",
+    "std_rwlock",
+    "tokio_rwlock",
+    "std_mutex",
+];

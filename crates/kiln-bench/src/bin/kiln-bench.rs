@@ -1707,15 +1707,7 @@ fn criterion_table(dir: &Path) -> anyhow::Result<String> {
         table,
         "| mechanism | 1 reader, ns | 2 readers, ns | 1 reader + writer, ns | 2 readers + writer, ns |\n|---|---|---|---|---|"
     )?;
-    let order = [
-        "arcswap_load",
-        "arcswap_load_full",
-        "arcswap_cache",
-        "std_rwlock",
-        "tokio_rwlock",
-        "std_mutex",
-    ];
-    for name in order {
+    for name in kiln_bench::CONFIG_READ_MECHANISMS {
         let cells: Vec<String> = columns
             .iter()
             .map(|col| {
