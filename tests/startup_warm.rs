@@ -129,3 +129,26 @@ fn json_log_format_writes_one_object_per_line() {
         }
     }
 }
+
+#[test]
+fn reuse_port_gives_each_worker_its_own_listener() {
+    let server = Server::start(
+        &Config::sqlite()
+            .set("server.workers", "2")
+            .set("server.reuse_port", "true")
+            .render(),
+    );
+    // New connections are spread by the kernel over both workers' sockets:
+    // every one of them must be accepted and served.
+    for _ in 0..40 {
+        let reply = server.get_on_new_connection("/");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.generation(), 1, "{reply:?}");
+    }
+    let status = server.admin_get("/admin/status").json();
+    assert_eq!(
+        status["workers"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+}

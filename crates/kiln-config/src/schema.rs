@@ -55,7 +55,12 @@ pub struct Config<A> {
 
 /// Keys that only take effect at start-up: a reload that changes one of them
 /// is refused.
-pub const RESTART_KEYS: [&str; 3] = ["server.listen", "server.workers", "admin.listen"];
+pub const RESTART_KEYS: [&str; 4] = [
+    "server.listen",
+    "server.workers",
+    "server.reuse_port",
+    "admin.listen",
+];
 
 impl<A: AppConfig> Config<A> {
     /// Checks every value kiln and the application can check without
@@ -103,6 +108,7 @@ impl<A: AppConfig> Config<A> {
         let differs = [
             self.server.listen != next.server.listen,
             self.server.workers != next.server.workers,
+            self.server.reuse_port != next.server.reuse_port,
             self.admin.listen != next.admin.listen,
         ];
         RESTART_KEYS
@@ -121,6 +127,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads; 0 means one per core. Restart-only.
     pub workers: usize,
+    /// One `SO_REUSEPORT` listener per worker (the kernel spreads new
+    /// connections) instead of one listener all workers accept on.
+    /// Restart-only.
+    pub reuse_port: bool,
     /// How long start-up (and each reload's warm-up) may take.
     #[serde(with = "humantime_serde")]
     pub warm_timeout: Duration,
@@ -146,6 +156,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
+            reuse_port: false,
             warm_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             warm_requests: vec!["/".to_owned()],

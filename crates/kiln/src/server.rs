@@ -86,26 +86,40 @@ pub(crate) async fn serve_with<A: App>(
     }
 
     // Everything is warm: only now bind.
-    let main = bind(server.listen).map_err(|source| StartError::Bind {
+    let main = bind(server.listen, server.reuse_port).map_err(|source| StartError::Bind {
         key: "server.listen",
         addr: server.listen,
         source,
     })?;
-    let admin = bind(admin_listen).map_err(|source| StartError::Bind {
+    let admin = bind(admin_listen, false).map_err(|source| StartError::Bind {
         key: "admin.listen",
         addr: admin_listen,
         source,
     })?;
     let main_addr = main.local_addr().map_err(io("main listener"))?;
     let admin_addr = admin.local_addr().map_err(io("admin listener"))?;
-    for (_, listener_tx) in listeners {
-        let clone = main
-            .try_clone()
-            .map_err(io("cannot share the main listener"))?;
+    // Shared: every worker accepts on a clone of one socket (the last gets
+    // the original). reuse_port: the first gets it, each other its own socket
+    // on the same address (the port resolved, if it was 0).
+    let mut main = Some(main);
+    for (id, (_, listener_tx)) in listeners.into_iter().enumerate() {
+        let listener = if server.reuse_port && id > 0 {
+            bind(main_addr, true).map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr: main_addr,
+                source,
+            })?
+        } else if server.reuse_port || id + 1 == workers {
+            main.take().expect("taken once")
+        } else {
+            main.as_ref()
+                .expect("kept for the last worker")
+                .try_clone()
+                .map_err(io("cannot share the main listener"))?
+        };
         // A worker that died after warming is noticed when its thread is joined.
-        let _ = listener_tx.send(clone);
+        let _ = listener_tx.send(listener);
     }
-    drop(main);
     let admin = tokio::net::TcpListener::from_std(admin).map_err(io("admin listener"))?;
     let admin_router = axum::Router::new().nest("/admin", kiln.admin_router());
     let mut admin_stopped = stopped.clone();
@@ -223,10 +237,12 @@ fn spawn_worker<A: App>(
         .map_err(io("cannot spawn a worker thread"))
 }
 
-/// Binds a non-blocking listener with a deep backlog.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds a non-blocking listener with a deep backlog; with `reuse_port`,
+/// one of several on the same address.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
