@@ -47,15 +47,13 @@ pub struct ResourceError {
 impl ResourceError {
     pub(crate) fn new(resource: &str, what: &str, error: &dyn std::error::Error) -> Self {
         let mut message = format!("{what}: {error}");
-        let mut source = error.source();
-        while let Some(cause) = source {
+        for cause in std::iter::successors(error.source(), |cause| cause.source()) {
             // Drivers often repeat their cause in their own message.
             let cause = cause.to_string();
             if !message.contains(&cause) {
                 message.push_str(": ");
                 message.push_str(&cause);
             }
-            source = std::error::Error::source(source.unwrap());
         }
         Self {
             resource: resource.to_owned(),
@@ -180,7 +178,7 @@ impl Pools {
                             resource: name.clone(),
                             message: format!(
                                 "{count} connections not open within {} (server.warm_timeout)",
-                                format_duration(timeout)
+                                humantime::format_duration(timeout)
                             ),
                         });
                     }
@@ -216,13 +214,5 @@ impl Pools {
     /// Whether there are no pools.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }

@@ -99,41 +99,27 @@ fn answer<A: App>(kiln: &Kiln<A>, result: Result<ReloadOutcome, ReloadError>) ->
 /// The answer for a refused reload: the status says which kind, the body
 /// names the cause and the generation that keeps serving.
 pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
-    let message = e.to_string();
-    match e {
-        ReloadError::Stale { .. } => error(
-            StatusCode::PRECONDITION_FAILED,
-            json!({"error": message, "generation": generation}),
-        ),
-        ReloadError::Patch(_) => error(
+    let (status, detail) = match e {
+        ReloadError::Invalid(config) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error": message, "generation": generation}),
+            Some(("key", json!(config.key()))),
         ),
-        ReloadError::NoPrevious => error(
-            StatusCode::CONFLICT,
-            json!({"error": message, "generation": generation}),
-        ),
-        ReloadError::Persist { .. } => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": message, "generation": generation}),
-        ),
-        ReloadError::Invalid(config) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error": message, "key": config.key(), "generation": generation}),
-        ),
-        ReloadError::RestartRequired(keys) => error(
-            StatusCode::CONFLICT,
-            json!({"error": message, "keys": keys, "generation": generation}),
-        ),
-        ReloadError::Build(build) => error(
+        ReloadError::Patch(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
+        ReloadError::RestartRequired(keys) => (StatusCode::CONFLICT, Some(("keys", json!(keys)))),
+        ReloadError::NoPrevious => (StatusCode::CONFLICT, None),
+        ReloadError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, None),
+        ReloadError::Persist { .. } => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        ReloadError::Build(build) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": message, "resource": build.resource(), "generation": generation}),
+            Some(("resource", json!(build.resource()))),
         ),
-        _ => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": message, "generation": generation}),
-        ),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, None),
+    };
+    let mut body = json!({"error": e.to_string(), "generation": generation});
+    if let Some((field, value)) = detail {
+        body[field] = value;
     }
+    error(status, body)
 }
 
 fn error(status: StatusCode, body: serde_json::Value) -> Response {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{Request, header};
+use axum::http::{Request, StatusCode, header};
 use futures_util::future::try_join_all;
 use http_body_util::{BodyExt, Empty};
 use hyper::server::conn::http1;
@@ -142,10 +142,7 @@ impl InProcess {
             .collect()
             .await
             .map_err(|e| failed(&e))?;
-        if !(status.is_success() || status.is_redirection()) {
-            return Err(format!("warm request GET {path} answered {status}"));
-        }
-        Ok(())
+        warm_answer(path, status)
     }
 
     async fn close(self) {
@@ -153,5 +150,14 @@ impl InProcess {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// A warm request's answer is fine when it is 2xx or 3xx.
+pub(crate) fn warm_answer(path: &str, status: StatusCode) -> Result<(), String> {
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("warm request GET {path} answered {status}"))
     }
 }

@@ -195,14 +195,21 @@ impl<K: KeyedApp> Keyed<K> {
     /// request without one gets `404`.
     ///
     /// ```
+    /// # use std::collections::BTreeMap;
     /// # use kiln::{KeyContext, Keyed, KeyedApp};
+    /// # #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+    /// # struct Config { tenants: BTreeMap<String, String> }
+    /// # impl kiln::AppConfig for Config {}
     /// # struct Tenants;
     /// # impl KeyedApp for Tenants {
-    /// #     type Config = ();
-    /// #     type Section = ();
+    /// #     type Config = Config;
+    /// #     type Section = String;
     /// #     const NAME: &'static str = "tenant";
-    /// #     fn sections(_: &()) -> &std::collections::BTreeMap<String, ()> { unimplemented!() }
-    /// #     async fn build(&self, _: &str, _: &(), _: &KeyContext) -> Result<axum::Router, kiln::BoxError> { unimplemented!() }
+    /// #     fn sections(config: &Config) -> &BTreeMap<String, String> { &config.tenants }
+    /// #     async fn build(&self, _: &str, greeting: &String, _: &KeyContext) -> Result<axum::Router, kiln::BoxError> {
+    /// #         let greeting = greeting.clone();
+    /// #         Ok(axum::Router::new().route("/", axum::routing::get(move || async move { greeting })))
+    /// #     }
     /// # }
     /// // `/t/<tenant>/...`: the tenant's router nests its routes under `/t/{tenant}`.
     /// let app = Keyed::new(Tenants, |request| {
@@ -416,9 +423,7 @@ async fn warm(router: &Router, key: &str, paths: &[String]) -> Result<(), BoxErr
         let response = router.clone().oneshot(request).await?;
         let status = response.status();
         axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-        if !(status.is_success() || status.is_redirection()) {
-            return Err(format!("warm request GET {path} answered {status}").into());
-        }
+        crate::http::warm_answer(path, status)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! text tried, so a bad save is reported once, and kiln's own writes (PATCH,
 //! rollback) do not reload twice.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use notify::{Event, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
@@ -23,10 +23,7 @@ impl<A: App> Kiln<A> {
     /// does.
     pub async fn watch(self) {
         let source = self.current().source().to_path_buf();
-        let folder = match source.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let folder = self.base_dir().to_path_buf();
         let (tx, mut events) = mpsc::unbounded_channel();
         // Saves made before the watch was armed (during start-up, say) are
         // caught by one look at the file once it is.
