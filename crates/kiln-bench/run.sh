@@ -3,16 +3,19 @@
 #
 #   crates/kiln-bench/run.sh
 #
-# Builds kiln and the benchmark programs in release, installs the load
-# generators if missing (oha from crates.io, wrk from Debian), then runs each
+# Builds kiln and the benchmark programs in release, installs what is missing
+# (oha from crates.io; wrk, and for the anchors nginx-light and caddy, from
+# Debian; gunicorn from PyPI), then runs each
 # measurement against loopback only (127.0.0.1), with bounded durations,
 # variants interleaved A B A B over $RUNS rounds:
 #
 #   config-read  criterion: one config read per request, 6 mechanisms
-#   overhead     kiln GET / vs bare axum at saturation, 1 and 2 workers (wrk)
+#   overhead     kiln GET / vs bare axum at saturation, 1 and 2 workers,
+#                shared listener vs SO_REUSEPORT (wrk)
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
 #   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
+#   anchors      30 reloads under load: kiln vs Caddy, nginx, gunicorn, restarted axum
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
 #
 # Raw JSON and one markdown table per measurement go to target/bench/;
@@ -27,7 +30,10 @@
 #   PG_ADDR=127.0.0.1:5432 PostgreSQL (trust auth); PG_USER=postgres
 #   QUICK=1                shorter criterion runs (a smoke test, not figures)
 #
-# A full run takes about 10 minutes on a 2-vCPU machine after the build.
+# reload and anchors load at half of the rate overhead measured: run overhead
+# first (or in the same call).
+#
+# A full run takes about 15 minutes on a 2-vCPU machine after the build.
 set -uo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -35,7 +41,7 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead coldstart startup reload memory"}
+SECTIONS=${SECTIONS:-"config-read overhead coldstart startup reload anchors memory"}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 PG_ADDR=${PG_ADDR:-127.0.0.1:5432}
@@ -51,6 +57,19 @@ command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; e
 if ! command -v wrk >/dev/null; then
     say "installing wrk (Debian)"
     { apt-get update -qq && apt-get install -y -qq wrk; } >&2 || { echo "cannot install wrk" >&2; exit 1; }
+fi
+if wants anchors; then
+    for tool in nginx caddy; do
+        command -v $tool >/dev/null && continue
+        say "installing the anchors nginx-light and caddy (Debian)"
+        { apt-get update -qq && apt-get install -y -qq nginx-light caddy; } >&2 ||
+            { echo "cannot install nginx-light and caddy" >&2; exit 1; }
+        break
+    done
+    if ! python3 -m gunicorn --version >/dev/null 2>&1; then
+        say "installing the anchor gunicorn (pip)"
+        python3 -m pip install -q gunicorn >&2 || { echo "cannot install gunicorn" >&2; exit 1; }
+    fi
 fi
 if ! command -v oha >/dev/null; then
     say "installing oha (cargo install oha --locked)"
@@ -102,6 +121,8 @@ if [[ $pg_ok == 1 ]]; then
     section reload "$BENCH" "${COMMON[@]}" --runs "$RUNS" reload
     section memory "$BENCH" "${COMMON[@]}" --runs "$RUNS" memory
 fi
+
+section anchors "$BENCH" "${COMMON[@]}" --runs "$RUNS" anchors
 
 say "report"
 "$BENCH" "${COMMON[@]}" report --criterion "$ROOT/target/criterion" >/dev/null

@@ -5,10 +5,13 @@
 //! - [`stats`]: percentiles and median/min/max over repeated runs.
 //! - [`http`]: a minimal HTTP/1.1 client (one connection, keep-alive) that
 //!   reports status, generation header and timing.
+//! - [`load`]: oha at a fixed rate plus a probe that tags every answer
+//!   with its configuration revision; the reload figures drawn from them.
 //! - [`process`]: start a server (optionally pinned with `taskset`), wait
 //!   until its port accepts, read its RSS, stop it.
 
 pub mod http;
+pub mod load;
 pub mod process;
 pub mod stats;
 

@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use kiln_bench::http::{Conn, get_once};
+use kiln_bench::load;
 use kiln_bench::process::{Server, free_port, ready_ms};
 use kiln_bench::stats::{Summary, quantile, show};
 use serde::Serialize;
 use serde_json::{Value, json};
+
+mod anchors;
 
 /// kiln's benchmark driver. Start with `crates/kiln-bench/run.sh`.
 #[derive(Parser)]
@@ -101,6 +104,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+    /// Reloads under load, kiln against Caddy, nginx, gunicorn and a restarted axum.
+    Anchors {
+        /// Total request rate; default as for `reload`, capped at half of each server's saturation.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Configuration changes per run.
+        #[arg(long, default_value_t = 30)]
+        reloads: usize,
+        /// Seconds over which they are spread.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// RSS before and after 1,000 hot-key reloads and 100 pool-rebuild reloads.
     Memory {
         /// Hot-key reloads.
@@ -135,7 +150,12 @@ fn main() -> anyhow::Result<()> {
             reloads,
             seconds,
             workers,
-        } => reload(c, rate, reloads, seconds, workers),
+        } => reload(c, half_saturation(c, rate)?, reloads, seconds, workers),
+        Cmd::Anchors {
+            rate,
+            reloads,
+            seconds,
+        } => anchors::anchors(c, half_saturation(c, rate)?, reloads, seconds),
         Cmd::Memory { hot, rebuild } => runtime()?.block_on(memory(c, hot, rebuild)),
         Cmd::Report { criterion } => report(c, &criterion),
     }
@@ -198,6 +218,7 @@ struct KilnConf {
     port: u16,
     admin_port: u16,
     workers: usize,
+    reuse_port: bool,
     warm_requests: Vec<String>,
     pool_kind: &'static str,
     pool_url: String,
@@ -214,6 +235,7 @@ impl KilnConf {
             port: free_port()?,
             admin_port: free_port()?,
             workers,
+            reuse_port: false,
             warm_requests: vec!["/".to_owned()],
             pool_kind: "sqlite",
             pool_url: "kiln-bench.sqlite3".to_owned(),
@@ -252,6 +274,7 @@ impl KilnConf {
 [server]
 listen = "127.0.0.1:{port}"
 workers = {workers}
+reuse_port = {reuse_port}
 warm_timeout = "30s"
 shutdown_grace = "2s"
 warm_requests = [{warm_requests}]
@@ -275,6 +298,7 @@ greeting = "{greeting}"
 "#,
             port = self.port,
             workers = self.workers,
+            reuse_port = self.reuse_port,
             warm_requests = warm_requests.join(", "),
             admin_port = self.admin_port,
             kind = self.pool_kind,
@@ -369,14 +393,16 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
         ("kiln, 1 worker", "kiln", 1),
         ("bare axum, 1 thread", "bare", 1),
         ("kiln, 2 workers", "kiln", 2),
+        ("kiln, 2 workers, SO_REUSEPORT", "kiln-reuse-port", 2),
         ("bare axum, 2 threads", "bare", 2),
     ];
     let mut runs = Vec::new();
     for round in 0..c.runs {
         for (variant, program, threads) in variants {
             let (server, addr) = match program {
-                "kiln" => {
-                    let conf = KilnConf::new(threads)?;
+                "kiln" | "kiln-reuse-port" => {
+                    let mut conf = KilnConf::new(threads)?;
+                    conf.reuse_port = program == "kiln-reuse-port";
                     let server = conf.start(c, "overhead", Some(&c.server_cpus))?;
                     (server, conf.addr())
                 }
@@ -442,7 +468,7 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
             .find(|(_, p, t)| *p == "bare" && *t == threads)
             .map(|(v, _, _)| *v)
             .expect("a bare variant per thread count");
-        let (rps_ratio, p99_ratio, cpu_ratio) = if program == "kiln" {
+        let (rps_ratio, p99_ratio, cpu_ratio) = if program != "bare" {
             let a = pick(variant, |r| r.rps);
             let b = pick(baseline, |r| r.rps);
             let rps: Vec<f64> = a.iter().zip(&b).map(|(a, b)| a / b).collect();
@@ -481,8 +507,8 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
     }
     writeln!(
         table,
-        "\nkiln serves every worker from one shared listener (its only mode); \
-         there is no per-worker `SO_REUSEPORT` mode to compare."
+        "\nkiln's workers share one listener by default; `server.reuse_port = true` \
+         gives each worker its own `SO_REUSEPORT` listener (the kernel spreads connections)."
     )?;
     let raw =
         json!({"runs": runs, "ratios": ratios, "seconds": seconds, "connections": connections});
@@ -939,15 +965,6 @@ fn startup(c: &Common, delay_ms: u64) -> anyhow::Result<()> {
 
 // === reloads under load ===
 
-/// One probe request: when it was sent (since the run's start) and how it went.
-#[derive(Clone, Copy, Debug)]
-struct Probe {
-    sent_s: f64,
-    latency_ms: f64,
-    ok: bool,
-    generation: u64,
-}
-
 /// One reload: when it was asked for, answered, and seen.
 #[derive(Clone, Debug, Serialize)]
 struct ReloadEvent {
@@ -968,12 +985,7 @@ struct ReloadRun {
     mode: &'static str,
     round: usize,
     target_rate: f64,
-    oha: Value,
-    oha_rps: f64,
-    oha_requests: u64,
-    oha_failed: u64,
-    oha_aborted_at_deadline: u64,
-    oha_p99_ms: f64,
+    oha: load::Oha,
     probe_requests: usize,
     probe_failed: usize,
     probe_stale_after_answer: usize,
@@ -993,33 +1005,36 @@ struct ReloadRun {
     events: Vec<ReloadEvent>,
 }
 
+/// `rate` when given, else half of kiln's 1-worker saturation from the
+/// overhead measurement.
+fn half_saturation(c: &Common, rate: Option<f64>) -> anyhow::Result<f64> {
+    if let Some(rate) = rate {
+        return Ok(rate);
+    }
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.out.join("overhead.json"))
+            .context("no --rate and no overhead.json: run `overhead` first")?,
+    )?;
+    let rps: Vec<f64> = raw["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["variant"] == "kiln, 1 worker")
+        .filter_map(|r| r["rps"].as_f64())
+        .collect();
+    Ok(Summary::of(&rps)
+        .context("no kiln runs in overhead.json")?
+        .median
+        / 2.0)
+}
+
 fn reload(
     c: &Common,
-    rate: Option<f64>,
+    rate: f64,
     reloads: usize,
     seconds: u64,
     workers: usize,
 ) -> anyhow::Result<()> {
-    let rate = match rate {
-        Some(rate) => rate,
-        None => {
-            let raw: Value = serde_json::from_str(
-                &std::fs::read_to_string(c.out.join("overhead.json"))
-                    .context("no --rate and no overhead.json: run `overhead` first")?,
-            )?;
-            let rps: Vec<f64> = raw["runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["variant"] == "kiln, 1 worker")
-                .filter_map(|r| r["rps"].as_f64())
-                .collect();
-            Summary::of(&rps)
-                .context("no kiln runs in overhead.json")?
-                .median
-                / 2.0
-        }
-    };
     pin_self(&c.client_cpus);
     let mut runs = Vec::new();
     for round in 0..c.runs {
@@ -1028,8 +1043,8 @@ fn reload(
                 runtime()?.block_on(reload_run(c, mode, round, rate, reloads, seconds, workers))?;
             eprintln!(
                 "reload round {round} {mode}: oha {:.0} req/s, failed {} + probe failed {}, p99 in {:.3} ms / out {:.3} ms, reload median {:.1} ms max {:.1} ms, visible median {:.2} ms max {:.2} ms",
-                run.oha_rps,
-                run.oha_failed,
+                run.oha.rps,
+                run.oha.failed,
                 run.probe_failed,
                 run.probe_p99_in_ms,
                 run.probe_p99_out_ms,
@@ -1048,7 +1063,7 @@ fn reload(
         table,
         "### Reloads under load\n\n\
          kiln with {workers} worker(s) and a PostgreSQL pool of 8, pinned to CPU {}; load pinned to CPU {}: \
-         `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 4,000 req/s) \
+         `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 40% of the rate up to 4,000 req/s) \
          for {} s, {:.0} req/s in all (half of kiln's 1-worker saturation from the overhead table). \
          During it, {reloads} `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
          `app.greeting` (hot key) or `pools.main.wait_timeout` (the pool is rebuilt: 8 new connections opened and pinged). \
@@ -1075,12 +1090,12 @@ fn reload(
         let failed: u64 = runs
             .iter()
             .filter(|r| r.mode == mode)
-            .map(|r| r.oha_failed + r.probe_failed as u64)
+            .map(|r| r.oha.failed + r.probe_failed as u64)
             .sum();
         let served: u64 = runs
             .iter()
             .filter(|r| r.mode == mode)
-            .map(|r| r.oha_requests + r.probe_requests as u64)
+            .map(|r| r.oha.requests + r.probe_requests as u64)
             .sum();
         let in_out = of(&|r| r.probe_p99_in_ms / r.probe_p99_out_ms);
         let waves = of(&|r| r.wave_after_p99_ms / r.wave_before_p99_ms);
@@ -1127,7 +1142,6 @@ fn reload(
     c.save("reload", &raw, &table)
 }
 
-#[allow(clippy::too_many_lines)]
 async fn reload_run(
     c: &Common,
     mode: &'static str,
@@ -1137,81 +1151,17 @@ async fn reload_run(
     seconds: u64,
     workers: usize,
 ) -> anyhow::Result<ReloadRun> {
-    const PROBE_CONNECTIONS: usize = 10;
-    const PROBE_RATE: f64 = 4000.0;
     let name = "reload";
     let conf = KilnConf::new(workers)?.postgres(c.pg_url(c.pg_addr), 8, 8);
     let mut server = conf.start(c, name, Some(&c.server_cpus))?;
     server.wait_accepting(conf.addr(), Duration::from_secs(30))?;
     let addr = conf.addr();
-    let admin = conf.admin();
     let rss_before = server.rss_kib()?;
 
-    let total = Duration::from_secs(seconds + 2);
-    let oha_rate = (rate - PROBE_RATE).max(1000.0);
-    let oha = tokio::process::Command::new("taskset")
-        .args([
-            "-c",
-            &c.client_cpus,
-            "oha",
-            "--no-tui",
-            "--output-format",
-            "json",
-        ])
-        .arg("-z")
-        .arg(format!("{}s", total.as_secs()))
-        .arg("-q")
-        .arg(format!("{oha_rate:.0}"))
-        .arg("-c")
-        .arg("32")
-        .arg(format!("http://{addr}/"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot run oha (cargo install oha --locked)")?;
-    let start = Instant::now();
-
-    // The probe: PROBE_CONNECTIONS keep-alive connections at PROBE_RATE in all.
-    let interval = Duration::from_secs_f64(PROBE_CONNECTIONS as f64 / PROBE_RATE);
-    let mut probes = Vec::new();
-    for i in 0..PROBE_CONNECTIONS {
-        let mut conn = Conn::connect(addr).await?;
-        probes.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let offset = interval.mul_f64(i as f64 / PROBE_CONNECTIONS as f64);
-            let mut next = tokio::time::Instant::from_std(start) + offset;
-            let end = start + total;
-            while Instant::now() < end {
-                tokio::time::sleep_until(next).await;
-                next += interval;
-                let sent = Instant::now();
-                let reply = conn.get("/").await;
-                let latency_ms = sent.elapsed().as_secs_f64() * 1000.0;
-                let (ok, generation) = match &reply {
-                    Ok(r) => (r.status == 200, r.generation.unwrap_or(0)),
-                    Err(_) => (false, 0),
-                };
-                samples.push(Probe {
-                    sent_s: (sent - start).as_secs_f64(),
-                    latency_ms,
-                    ok,
-                    generation,
-                });
-                if reply.is_err() {
-                    // Reconnect and go on: the failure is counted.
-                    match Conn::connect(addr).await {
-                        Ok(c) => conn = c,
-                        Err(_) => break,
-                    }
-                }
-            }
-            samples
-        }));
-    }
-
-    // The reloads.
-    let mut admin_conn = Conn::connect(admin).await?;
+    let spec = load::Spec::new(addr, rate, Duration::from_secs(seconds + 2), &c.client_cpus);
+    let load = load::Load::start(&spec).await?;
+    let start = load.start;
+    let mut admin_conn = Conn::connect(conf.admin()).await?;
     let mut wave_conns = Vec::new();
     for _ in 0..8 {
         wave_conns.push(Rc::new(tokio::sync::Mutex::new(Conn::connect(addr).await?)));
@@ -1221,7 +1171,6 @@ async fn reload_run(
         .run_until(async {
             let mut events = Vec::new();
             let mut generation = 1_u64;
-            tokio::time::sleep(Duration::from_secs(1)).await;
             let spacing = Duration::from_secs(seconds).div_f64(reloads as f64);
             for i in 0..reloads {
                 let slot = start + Duration::from_secs(1) + spacing.mul_f64(i as f64);
@@ -1234,22 +1183,14 @@ async fn reload_run(
                     _ => next.wait_timeout = if i.is_multiple_of(2) { "3s" } else { "2s" },
                 }
                 next.write(c, name)?;
-                // A poller on its own connection: when does the new generation show?
-                let mut poll_conn = Conn::connect(addr).await?;
-                let expected = generation + 1;
                 let sent = Instant::now();
-                let poller = tokio::task::spawn_local(async move {
-                    while sent.elapsed() < Duration::from_secs(5) {
-                        match poll_conn.get("/").await {
-                            Ok(r) if r.generation.unwrap_or(0) >= expected => {
-                                return Some(sent.elapsed().as_secs_f64() * 1000.0);
-                            }
-                            Ok(_) => {}
-                            Err(_) => return None,
-                        }
-                    }
-                    None
-                });
+                let poller = tokio::task::spawn_local(load::first_seen(
+                    addr,
+                    spec.marker,
+                    generation + 1,
+                    sent,
+                    Duration::from_secs(5),
+                ));
                 let reply = admin_conn.post("/admin/reload").await?;
                 let answered = Instant::now();
                 let wave_after = notes_wave(&wave_conns).await;
@@ -1279,78 +1220,19 @@ async fn reload_run(
             anyhow::Ok(events)
         })
         .await?;
-
-    let mut samples = Vec::new();
-    for p in probes {
-        samples.extend(p.await?);
-    }
-    let oha_out = oha.wait_with_output().await?;
+    let (samples, oha) = load.finish().await?;
     let rss_after = server.rss_kib()?;
     server.stop(Duration::from_secs(3));
-    let oha: Value = serde_json::from_slice(&oha_out.stdout).with_context(|| {
-        format!(
-            "oha's output is not JSON: {}{}",
-            String::from_utf8_lossy(&oha_out.stdout),
-            String::from_utf8_lossy(&oha_out.stderr)
-        )
-    })?;
 
-    // Probe figures.
-    let in_window = |s: &Probe| {
-        events
-            .iter()
-            .any(|e| s.sent_s >= e.sent_s && s.sent_s <= e.answered_s)
-    };
-    let ok: Vec<&Probe> = samples.iter().filter(|s| s.ok).collect();
-    let lat_in: Vec<f64> = ok
+    let windows: Vec<(f64, f64)> = events.iter().map(|e| (e.sent_s, e.answered_s)).collect();
+    let (p99_in, p99_out, in_samples) = load::p99_in_out(&samples, &windows);
+    let answered: Vec<(f64, u64)> = events
         .iter()
-        .filter(|s| in_window(s))
-        .map(|s| s.latency_ms)
+        .filter(|e| e.status == 200)
+        .map(|e| (e.answered_s, e.generation))
         .collect();
-    let lat_out: Vec<f64> = ok
-        .iter()
-        .filter(|s| !in_window(s))
-        .map(|s| s.latency_ms)
-        .collect();
-    // After a reload was answered, no request sent later may see an older generation.
-    let stale = ok
-        .iter()
-        .filter(|s| {
-            events
-                .iter()
-                .filter(|e| e.status == 200 && e.answered_s <= s.sent_s)
-                .any(|e| s.generation < e.generation)
-        })
-        .count();
-    let mut went_back = 0;
-    let mut ordered: Vec<&Probe> = ok.clone();
-    ordered.sort_by(|a, b| a.sent_s.total_cmp(&b.sent_s));
-    let mut highest_done: Vec<(f64, u64)> = Vec::new(); // (completion time, generation)
-    for s in &ordered {
-        // A request sent after another one completed must not see an older generation.
-        if highest_done
-            .iter()
-            .any(|(done, g)| *done <= s.sent_s && *g > s.generation)
-        {
-            went_back += 1;
-        }
-        highest_done.push((s.sent_s + s.latency_ms / 1000.0, s.generation));
-        if highest_done.len() > 64 {
-            highest_done.remove(0);
-        }
-    }
-
-    // Visible: the first answer (poller or probe) that carried the new generation.
     for e in events.iter_mut().filter(|e| e.status == 200) {
-        let seen = ok
-            .iter()
-            .filter(|s| s.generation >= e.generation)
-            .map(|s| (s.sent_s + s.latency_ms / 1000.0 - e.sent_s) * 1000.0)
-            .filter(|ms| *ms >= 0.0)
-            .fold(f64::INFINITY, f64::min);
-        let poller = e.visible_ms.unwrap_or(f64::INFINITY);
-        let first = seen.min(poller);
-        e.visible_ms = first.is_finite().then_some(first);
+        e.visible_ms = load::visible_ms(&samples, e.generation, e.sent_s, e.visible_ms);
     }
     let ok_events: Vec<&ReloadEvent> = events.iter().filter(|e| e.status == 200).collect();
     let latencies: Vec<f64> = ok_events.iter().map(|e| e.latency_ms).collect();
@@ -1363,45 +1245,17 @@ async fn reload_run(
         .iter()
         .flat_map(|e| e.wave_after_ms.clone())
         .collect();
-    let summary = &oha["summary"];
-    let status_ok = oha["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
-    let status_total: u64 = oha["statusCodeDistribution"]
-        .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
-    // oha counts requests still in flight when `-z` ends as "aborted due to
-    // deadline": the load generator's cut, not a failure of the server.
-    let errors: u64 = oha["errorDistribution"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter(|(k, _)| !k.contains("aborted due to deadline"))
-                .filter_map(|(_, v)| v.as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
-    let aborted_at_deadline: u64 = oha["errorDistribution"]["aborted due to deadline"]
-        .as_u64()
-        .unwrap_or(0);
     Ok(ReloadRun {
         mode,
         round,
         target_rate: rate,
-        oha_rps: summary["requestsPerSec"].as_f64().unwrap_or(f64::NAN),
-        oha_requests: status_total,
-        oha_failed: errors + (status_total - status_ok),
-        oha_aborted_at_deadline: aborted_at_deadline,
-        oha_p99_ms: oha["latencyPercentiles"]["p99"]
-            .as_f64()
-            .map_or(f64::NAN, |s| s * 1000.0),
-        oha,
         probe_requests: samples.len(),
-        probe_failed: samples.len() - ok.len(),
-        probe_stale_after_answer: stale,
-        probe_generation_went_back: went_back,
-        probe_p99_in_ms: quantile(&lat_in, 0.99).unwrap_or(f64::NAN),
-        probe_p99_out_ms: quantile(&lat_out, 0.99).unwrap_or(f64::NAN),
-        probe_in_samples: lat_in.len(),
+        probe_failed: samples.iter().filter(|s| !s.ok).count(),
+        probe_stale_after_answer: load::stale_after_answer(&samples, &answered),
+        probe_generation_went_back: load::went_back(&samples),
+        probe_p99_in_ms: p99_in,
+        probe_p99_out_ms: p99_out,
+        probe_in_samples: in_samples,
         reloads_ok: ok_events.len(),
         reload_latency_median_ms: quantile(&latencies, 0.5).unwrap_or(f64::NAN),
         reload_latency_max_ms: quantile(&latencies, 1.0).unwrap_or(f64::NAN),
@@ -1411,6 +1265,7 @@ async fn reload_run(
         wave_after_p99_ms: quantile(&after, 0.99).unwrap_or(f64::NAN),
         rss_kib_before: rss_before,
         rss_kib_after: rss_after,
+        oha,
         events,
     })
 }
@@ -1731,7 +1586,14 @@ fn report(c: &Common, criterion: &Path) -> anyhow::Result<()> {
         Ok(t) => writeln!(out, "{t}")?,
         Err(e) => writeln!(out, "### Config read cost\n\nnot measured: {e}\n")?,
     }
-    for name in ["overhead", "coldstart", "startup", "reload", "memory"] {
+    for name in [
+        "overhead",
+        "coldstart",
+        "startup",
+        "reload",
+        "anchors",
+        "memory",
+    ] {
         match std::fs::read_to_string(c.out.join(format!("{name}.md"))) {
             Ok(t) => writeln!(out, "{t}")?,
             Err(_) => writeln!(out, "### {name}\n\nnot measured in this run.\n")?,

@@ -1,0 +1,589 @@
+//! The reload anchors: what other servers do when their configuration
+//! changes under load, measured the same way as kiln, in the same run,
+//! alternating each round. Every server answers `GET /` with a greeting
+//! ending in `rev N`, N being the configuration it was started or reloaded
+//! with, so one probe reads every server's revision the same way.
+//!
+//! | anchor | how its configuration changes |
+//! |---|---|
+//! | kiln | file edited, `POST /admin/reload` |
+//! | Caddy | `POST /load` on its admin API with the new JSON config |
+//! | nginx | file edited, `nginx -s reload` |
+//! | gunicorn (2 sync workers) | file edited, `SIGHUP` to the master; with `--preload` too |
+//! | axum restarted | bare axum killed (`SIGKILL`) and started again with the new greeting |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use kiln_bench::http::Conn;
+use kiln_bench::load::{self, Oha};
+use kiln_bench::process::Server;
+use kiln_bench::stats::{quantile, show};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{Common, KilnConf, all_cpus, pin_self, runtime, wrk};
+
+/// A server whose reloads kiln is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+enum Anchor {
+    Kiln,
+    Caddy,
+    Nginx,
+    Gunicorn,
+    GunicornPreload,
+    AxumRestart,
+}
+
+impl Anchor {
+    const ALL: [Self; 6] = [
+        Self::Kiln,
+        Self::Caddy,
+        Self::Nginx,
+        Self::Gunicorn,
+        Self::GunicornPreload,
+        Self::AxumRestart,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kiln => "kiln, 1 worker",
+            Self::Caddy => "Caddy",
+            Self::Nginx => "nginx, 1 worker process",
+            Self::Gunicorn => "gunicorn, 2 sync workers",
+            Self::GunicornPreload => "gunicorn --preload, 2 sync workers",
+            Self::AxumRestart => "bare axum, killed and restarted",
+        }
+    }
+
+    fn how(self) -> &'static str {
+        match self {
+            Self::Kiln => "file edited, `POST /admin/reload`",
+            Self::Caddy => "`POST /load` (admin API)",
+            Self::Nginx => "file edited, `nginx -s reload`",
+            Self::Gunicorn | Self::GunicornPreload => "file edited, `SIGHUP`",
+            Self::AxumRestart => "`SIGKILL`, started again",
+        }
+    }
+
+    /// The greeting every server answers `GET /` with.
+    fn greeting(revision: u64) -> String {
+        format!("Hello from kiln, rev {revision}")
+    }
+}
+
+/// One anchor, running.
+struct Running {
+    anchor: Anchor,
+    server: Option<Server>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: PathBuf,
+    kiln: KilnConf,
+}
+
+impl Running {
+    /// Starts `anchor` serving `revision` and waits until `GET /` answers it.
+    async fn start(c: &Common, anchor: Anchor, revision: u64) -> anyhow::Result<Self> {
+        let dir = c.tmp(&format!("anchor-{anchor:?}").to_lowercase());
+        std::fs::create_dir_all(&dir)?;
+        let mut kiln = KilnConf::new(1)?;
+        kiln.greeting = Anchor::greeting(revision);
+        let mut running = Self {
+            anchor,
+            server: None,
+            addr: kiln.addr(),
+            admin: kiln.admin(),
+            dir,
+            kiln,
+        };
+        running.write(c, revision)?;
+        running.server = Some(running.spawn(c)?);
+        running
+            .wait_serving(revision, Duration::from_secs(30))
+            .await?;
+        Ok(running)
+    }
+
+    /// Writes the configuration that serves `revision`.
+    fn write(&mut self, c: &Common, revision: u64) -> anyhow::Result<()> {
+        let (addr, admin, greeting) = (self.addr, self.admin, Anchor::greeting(revision));
+        match self.anchor {
+            Anchor::Kiln => {
+                self.kiln.greeting = greeting;
+                self.kiln.write(c, "anchor-kiln")?;
+            }
+            Anchor::Caddy => std::fs::write(
+                self.dir.join("caddy.json"),
+                caddy_config(addr, admin, &greeting).to_string(),
+            )?,
+            Anchor::Nginx => std::fs::write(
+                self.dir.join("nginx.conf"),
+                nginx_config(addr, &self.dir, &greeting),
+            )?,
+            Anchor::Gunicorn | Anchor::GunicornPreload => {
+                std::fs::write(self.dir.join("greeting.txt"), greeting)?;
+            }
+            Anchor::AxumRestart => {}
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, c: &Common) -> anyhow::Result<Server> {
+        let cpus = Some(c.server_cpus.as_str());
+        let log = Some(self.dir.join("server.log"));
+        let dir = self.dir.display().to_string();
+        let program = |p: &str| PathBuf::from(p);
+        match self.anchor {
+            Anchor::Kiln => self.kiln.start(c, "anchor-kiln", cpus),
+            Anchor::Caddy => Server::start(
+                &program("caddy"),
+                &["run".into(), "--config".into(), format!("{dir}/caddy.json")],
+                &[
+                    ("XDG_CONFIG_HOME".into(), dir.clone()),
+                    ("XDG_DATA_HOME".into(), dir.clone()),
+                ],
+                cpus,
+                log.as_deref(),
+            ),
+            Anchor::Nginx => Server::start(
+                &program("nginx"),
+                &[
+                    "-p".into(),
+                    dir.clone(),
+                    "-c".into(),
+                    format!("{dir}/nginx.conf"),
+                    "-e".into(),
+                    format!("{dir}/error.log"),
+                ],
+                &[],
+                cpus,
+                log.as_deref(),
+            ),
+            Anchor::Gunicorn | Anchor::GunicornPreload => {
+                let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("anchors");
+                let mut args: Vec<String> = [
+                    "-m",
+                    "gunicorn",
+                    "--workers",
+                    "2",
+                    "--bind",
+                    &self.addr.to_string(),
+                    "--chdir",
+                    &app_dir.display().to_string(),
+                ]
+                .map(str::to_owned)
+                .into();
+                if self.anchor == Anchor::GunicornPreload {
+                    args.push("--preload".into());
+                }
+                args.push("gunicorn_app:app".into());
+                Server::start(
+                    &program("python3"),
+                    &args,
+                    &[(
+                        "KILN_BENCH_GREETING_FILE".into(),
+                        format!("{dir}/greeting.txt"),
+                    )],
+                    cpus,
+                    log.as_deref(),
+                )
+            }
+            Anchor::AxumRestart => Server::start(
+                &c.bin("bare"),
+                &[
+                    "--listen".into(),
+                    self.addr.to_string(),
+                    "--greeting".into(),
+                    self.kiln.greeting.clone(),
+                ],
+                &[],
+                cpus,
+                log.as_deref(),
+            ),
+        }
+    }
+
+    async fn wait_serving(&self, revision: u64, limit: Duration) -> anyhow::Result<()> {
+        if load::first_seen(
+            self.addr,
+            load::body_revision,
+            revision,
+            Instant::now(),
+            limit,
+        )
+        .await
+        .is_none()
+        {
+            bail!(
+                "{} did not serve rev {revision} on {} within {limit:?}; see {}",
+                self.anchor.name(),
+                self.addr,
+                self.dir.join("server.log").display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Changes the configuration to `revision` the anchor's own way; returns
+    /// whether the change was accepted (the server may apply it later).
+    async fn reload(&mut self, c: &Common, revision: u64) -> anyhow::Result<bool> {
+        if self.anchor == Anchor::AxumRestart {
+            self.kiln.greeting = Anchor::greeting(revision);
+            drop(self.server.take()); // SIGKILL
+            self.server = Some(self.spawn(c)?);
+            return Ok(accepting(self.addr, Duration::from_secs(10)).await);
+        }
+        self.write(c, revision)?;
+        let dir = self.dir.display().to_string();
+        Ok(match self.anchor {
+            Anchor::Kiln => Conn::connect(self.admin)
+                .await?
+                .post("/admin/reload")
+                .await
+                .is_ok_and(|r| r.status == 200),
+            Anchor::Caddy => {
+                let config = std::fs::read(self.dir.join("caddy.json"))?;
+                Conn::connect(self.admin)
+                    .await?
+                    .post_body("/load", "application/json", config)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+            Anchor::Nginx => tokio::process::Command::new("nginx")
+                .args(["-p", &dir, "-c", &format!("{dir}/nginx.conf")])
+                .args(["-e", &format!("{dir}/error.log"), "-s", "reload"])
+                .status()
+                .await?
+                .success(),
+            Anchor::Gunicorn | Anchor::GunicornPreload => {
+                let pid = self.server.as_ref().context("not running")?.pid();
+                tokio::process::Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .await?
+                    .success()
+            }
+            Anchor::AxumRestart => unreachable!("handled above"),
+        })
+    }
+
+    fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Polls `addr` with TCP connects until one succeeds, up to `limit`.
+async fn accepting(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    false
+}
+
+fn caddy_config(addr: SocketAddr, admin: SocketAddr, greeting: &str) -> Value {
+    json!({
+        "admin": {"listen": admin.to_string(), "config": {"persist": false}},
+        "logging": {"logs": {"default": {"level": "WARN"}}},
+        "apps": {"http": {"servers": {"bench": {
+            "listen": [addr.to_string()],
+            "automatic_https": {"disable": true},
+            "routes": [{"handle": [{
+                "handler": "static_response",
+                "status_code": 200,
+                "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+                "body": greeting,
+            }]}],
+        }}}},
+    })
+}
+
+fn nginx_config(addr: SocketAddr, dir: &Path, greeting: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"# Written by kiln-bench.
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen {addr};
+        location / {{
+            default_type "text/plain; charset=utf-8";
+            return 200 "{greeting}";
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// One anchor's run: a load, reloads during it, and what the probe saw.
+#[derive(Debug, Serialize)]
+struct AnchorRun {
+    anchor: Anchor,
+    round: usize,
+    rate: f64,
+    oha: Oha,
+    probe_requests: usize,
+    probe_failed: usize,
+    reloads_accepted: usize,
+    reloads_seen: usize,
+    visible_ms: Vec<Option<f64>>,
+    old_after_return: usize,
+    p99_in_ms: f64,
+    p99_out_ms: f64,
+    in_samples: usize,
+}
+
+impl AnchorRun {
+    fn failed(&self) -> u64 {
+        self.oha.failed + self.probe_failed as u64
+    }
+
+    fn served(&self) -> u64 {
+        self.oha.requests + self.probe_requests as u64
+    }
+
+    fn visible(&self) -> Vec<f64> {
+        self.visible_ms.iter().flatten().copied().collect()
+    }
+}
+
+/// Runs `reloads` reloads over `seconds` under load at `rate` (capped at
+/// half of each anchor's own saturation), for every anchor in turn, over
+/// `c.runs` rounds, and writes the `anchors` table.
+pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    // Each anchor's saturation (wrk, 3 s, 64 connections), to cap its rate.
+    let mut capped = Vec::new();
+    for anchor in Anchor::ALL {
+        let running = rt.block_on(Running::start(c, anchor, 0))?;
+        wrk(c, running.addr, 1, 64)?;
+        let saturation = wrk(c, running.addr, 3, 64)?.rps;
+        running.stop();
+        eprintln!(
+            "anchors: {} saturates at {saturation:.0} req/s",
+            anchor.name()
+        );
+        capped.push((anchor, rate.min(saturation / 2.0), saturation));
+    }
+    pin_self(&c.client_cpus);
+    let mut runs = Vec::new();
+    for round in 0..c.runs {
+        for &(anchor, rate, _) in &capped {
+            let run = rt.block_on(anchor_run(c, anchor, round, rate, reloads, seconds))?;
+            eprintln!(
+                "anchors round {round} {}: {:.0} req/s, failed {}, visible median {:.2} ms, p99 in {:.3} / out {:.3} ms, old config after return {}",
+                anchor.name(),
+                run.oha.rps + run.probe_requests as f64 / (seconds + 2) as f64,
+                run.failed(),
+                quantile(&run.visible(), 0.5).unwrap_or(f64::NAN),
+                run.p99_in_ms,
+                run.p99_out_ms,
+                run.old_after_return,
+            );
+            runs.push(run);
+        }
+    }
+    pin_self(&all_cpus());
+    let versions = versions();
+    let raw = json!({"rate": rate, "saturation": capped.iter().map(|(a, r, s)| json!({"anchor": a, "rate": r, "saturation": s})).collect::<Vec<_>>(), "versions": versions, "runs": runs});
+    c.save(
+        "anchors",
+        &raw,
+        &table(c, &capped, &runs, reloads, seconds, &versions)?,
+    )
+}
+
+async fn anchor_run(
+    c: &Common,
+    anchor: Anchor,
+    round: usize,
+    rate: f64,
+    reloads: usize,
+    seconds: u64,
+) -> anyhow::Result<AnchorRun> {
+    let mut running = Running::start(c, anchor, 0).await?;
+    let spec = load::Spec::new(
+        running.addr,
+        rate,
+        Duration::from_secs(seconds + 2),
+        &c.client_cpus,
+    )
+    .marker(load::body_revision);
+    let load = load::Load::start(&spec).await?;
+    let start = load.start;
+    let local = tokio::task::LocalSet::new();
+    // (sent, returned, accepted, poller's first sight) per reload, seconds since start.
+    let events = local
+        .run_until(async {
+            let mut events = Vec::new();
+            let spacing = Duration::from_secs(seconds).div_f64(reloads as f64);
+            for i in 0..reloads {
+                let revision = i as u64 + 1;
+                let slot = start + Duration::from_secs(1) + spacing.mul_f64(i as f64);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
+                let sent = Instant::now();
+                let poller = tokio::task::spawn_local(load::first_seen(
+                    running.addr,
+                    load::body_revision,
+                    revision,
+                    sent,
+                    spacing.max(Duration::from_millis(100)),
+                ));
+                let accepted = running.reload(c, revision).await?;
+                let returned = Instant::now();
+                let seen = poller.await.unwrap_or(None);
+                events.push((
+                    revision,
+                    (sent - start).as_secs_f64(),
+                    (returned - start).as_secs_f64(),
+                    accepted,
+                    seen,
+                ));
+            }
+            anyhow::Ok(events)
+        })
+        .await?;
+    let (samples, oha) = load.finish().await?;
+    running.stop();
+
+    let visible_ms: Vec<Option<f64>> = events
+        .iter()
+        .map(|&(revision, sent_s, _, _, seen)| load::visible_ms(&samples, revision, sent_s, seen))
+        .collect();
+    // A reload's window: from asking for it until it has both returned and
+    // been seen (or returned, when it was never seen).
+    let windows: Vec<(f64, f64)> = events
+        .iter()
+        .zip(&visible_ms)
+        .map(|(&(_, sent_s, returned_s, _, _), seen)| {
+            let seen_s = sent_s + seen.unwrap_or(0.0) / 1000.0;
+            (sent_s, returned_s.max(seen_s))
+        })
+        .collect();
+    let (p99_in_ms, p99_out_ms, in_samples) = load::p99_in_out(&samples, &windows);
+    let returned: Vec<(f64, u64)> = events
+        .iter()
+        .filter(|e| e.3)
+        .map(|&(revision, _, returned_s, _, _)| (returned_s, revision))
+        .collect();
+    Ok(AnchorRun {
+        anchor,
+        round,
+        rate,
+        probe_requests: samples.len(),
+        probe_failed: samples.iter().filter(|s| !s.ok).count(),
+        reloads_accepted: events.iter().filter(|e| e.3).count(),
+        reloads_seen: visible_ms.iter().flatten().count(),
+        old_after_return: load::stale_after_answer(&samples, &returned),
+        visible_ms,
+        p99_in_ms,
+        p99_out_ms,
+        in_samples,
+        oha,
+    })
+}
+
+/// What each anchor reports as its version.
+fn versions() -> Value {
+    let run = |program: &str, args: &[&str]| -> String {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_else(|e| format!("not found: {e}"))
+    };
+    json!({
+        "caddy": run("caddy", &["version"]),
+        "nginx": run("nginx", &["-v"]),
+        "gunicorn": run("python3", &["-m", "gunicorn", "--version"]),
+    })
+}
+
+fn table(
+    c: &Common,
+    capped: &[(Anchor, f64, f64)],
+    runs: &[AnchorRun],
+    reloads: usize,
+    seconds: u64,
+    versions: &Value,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut table = String::new();
+    writeln!(
+        table,
+        "### Reload anchors: kiln and other servers changing their configuration under load\n\n\
+         Each server answers `GET /` with a greeting ending in `rev N`; {reloads} configuration changes over {seconds} s, \
+         each to the next N, while `oha -q` (32 keep-alive connections) and the driver's probe (10 keep-alive connections) \
+         load it for {} s. Servers pinned to CPU {}, load to CPU {}. The rate is the reload section's (half of kiln's \
+         1-worker saturation) or half of the server's own saturation (wrk, 64 connections, 3 s), whichever is lower. \
+         \"visible\" = from asking for the change to the first answer carrying it (probe, or a connection polling `GET /` \
+         back to back); \"old config after return\" = probe requests sent after the reload command returned that still \
+         got the old greeting; \"in window\" = from asking until both returned and visible. {} rounds, servers \
+         interleaved; median (min–max) over rounds, failures summed. Versions: {}, {}, {}.\n",
+        seconds + 2,
+        c.server_cpus,
+        c.client_cpus,
+        c.runs,
+        versions["caddy"].as_str().unwrap_or("?"),
+        versions["nginx"].as_str().unwrap_or("?"),
+        versions["gunicorn"].as_str().unwrap_or("?"),
+    )?;
+    writeln!(
+        table,
+        "| server | how it reloads | saturation, req/s | load, req/s | failed requests | served | changes seen | visible median, ms | visible max, ms | p99 in window / outside | old config after return |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for &(anchor, rate, saturation) in capped {
+        let mine: Vec<&AnchorRun> = runs.iter().filter(|r| r.anchor == anchor).collect();
+        let of =
+            |f: &dyn Fn(&AnchorRun) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
+        let failed: u64 = mine.iter().map(|r| r.failed()).sum();
+        let served: u64 = mine.iter().map(|r| r.served()).sum();
+        let seen: usize = mine.iter().map(|r| r.reloads_seen).sum();
+        let asked = mine.len() * reloads;
+        let old: usize = mine.iter().map(|r| r.old_after_return).sum();
+        let visible = |q: f64| -> String {
+            let per_run: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| quantile(&r.visible(), q))
+                .collect();
+            if per_run.is_empty() {
+                "never".to_owned()
+            } else {
+                show(&per_run, 2)
+            }
+        };
+        writeln!(
+            table,
+            "| {} | {} | {saturation:.0} | {rate:.0} | **{failed}** | {served} | {seen} of {asked} | **{}** | {} | {}x | {old} |",
+            anchor.name(),
+            anchor.how(),
+            visible(0.5),
+            visible(1.0),
+            show(&of(&|r| r.p99_in_ms / r.p99_out_ms), 2),
+        )?;
+    }
+    Ok(table)
+}
