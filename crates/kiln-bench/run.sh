@@ -15,7 +15,7 @@
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
 #   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
-#   anchors      30 reloads under load: kiln vs Caddy, nginx, gunicorn, restarted axum
+#   anchors      30 reloads under 20k req/s: kiln vs Caddy, nginx, gunicorn, restarted axum
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
 #
 # Raw JSON and one markdown table per measurement go to target/bench/;
@@ -30,8 +30,8 @@
 #   PG_ADDR=127.0.0.1:5432 PostgreSQL (trust auth); PG_USER=postgres
 #   QUICK=1                shorter criterion runs (a smoke test, not figures)
 #
-# reload and anchors load at half of the rate overhead measured: run overhead
-# first (or in the same call).
+# reload loads at half of the rate overhead measured: run overhead first (or in
+# the same call).
 #
 # A full run takes about 15 minutes on a 2-vCPU machine after the build.
 set -uo pipefail

@@ -87,7 +87,8 @@ struct Running {
 impl Running {
     /// Starts `anchor` serving `revision` and waits until `GET /` answers it.
     async fn start(c: &Common, anchor: Anchor, revision: u64) -> anyhow::Result<Self> {
-        let dir = c.tmp(&format!("anchor-{anchor:?}").to_lowercase());
+        // Absolute: nginx resolves relative paths against its prefix.
+        let dir = std::path::absolute(c.tmp(&format!("anchor-{anchor:?}").to_lowercase()))?;
         std::fs::create_dir_all(&dir)?;
         let mut kiln = KilnConf::new(1)?;
         kiln.greeting = Anchor::greeting(revision);
@@ -336,6 +337,7 @@ struct AnchorRun {
     anchor: Anchor,
     round: usize,
     rate: f64,
+    achieved_rps: f64,
     oha: Oha,
     probe_requests: usize,
     probe_failed: usize,
@@ -388,7 +390,7 @@ pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> an
             eprintln!(
                 "anchors round {round} {}: {:.0} req/s, failed {}, visible median {:.2} ms, p99 in {:.3} / out {:.3} ms, old config after return {}",
                 anchor.name(),
-                run.oha.rps + run.probe_requests as f64 / (seconds + 2) as f64,
+                run.achieved_rps,
                 run.failed(),
                 quantile(&run.visible(), 0.5).unwrap_or(f64::NAN),
                 run.p99_in_ms,
@@ -404,7 +406,7 @@ pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> an
     c.save(
         "anchors",
         &raw,
-        &table(c, &capped, &runs, reloads, seconds, &versions)?,
+        &table(c, rate, &capped, &runs, reloads, seconds, &versions)?,
     )
 }
 
@@ -485,6 +487,7 @@ async fn anchor_run(
         anchor,
         round,
         rate,
+        achieved_rps: oha.rps + samples.len() as f64 / spec.duration.as_secs_f64(),
         probe_requests: samples.len(),
         probe_failed: samples.iter().filter(|s| !s.ok).count(),
         reloads_accepted: events.iter().filter(|e| e.3).count(),
@@ -524,6 +527,7 @@ fn versions() -> Value {
 
 fn table(
     c: &Common,
+    rate: f64,
     capped: &[(Anchor, f64, f64)],
     runs: &[AnchorRun],
     reloads: usize,
@@ -537,8 +541,8 @@ fn table(
         "### Reload anchors: kiln and other servers changing their configuration under load\n\n\
          Each server answers `GET /` with a greeting ending in `rev N`; {reloads} configuration changes over {seconds} s, \
          each to the next N, while `oha -q` (32 keep-alive connections) and the driver's probe (10 keep-alive connections) \
-         load it for {} s. Servers pinned to CPU {}, load to CPU {}. The rate is the reload section's (half of kiln's \
-         1-worker saturation) or half of the server's own saturation (wrk, 64 connections, 3 s), whichever is lower. \
+         load it for {} s. Servers pinned to CPU {}, load to CPU {}. The offered rate is {rate:.0} req/s, or half of the server's own \
+         saturation (wrk, 64 connections, 3 s, measured first) when that is lower; \"load\" is the rate achieved. \
          \"visible\" = from asking for the change to the first answer carrying it (probe, or a connection polling `GET /` \
          back to back); \"old config after return\" = probe requests sent after the reload command returned that still \
          got the old greeting; \"in window\" = from asking until both returned and visible. {} rounds, servers \
@@ -555,7 +559,7 @@ fn table(
         table,
         "| server | how it reloads | saturation, req/s | load, req/s | failed requests | served | changes seen | visible median, ms | visible max, ms | p99 in window / outside | old config after return |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )?;
-    for &(anchor, rate, saturation) in capped {
+    for &(anchor, _, saturation) in capped {
         let mine: Vec<&AnchorRun> = runs.iter().filter(|r| r.anchor == anchor).collect();
         let of =
             |f: &dyn Fn(&AnchorRun) -> f64| -> Vec<f64> { mine.iter().map(|r| f(r)).collect() };
@@ -577,9 +581,10 @@ fn table(
         };
         writeln!(
             table,
-            "| {} | {} | {saturation:.0} | {rate:.0} | **{failed}** | {served} | {seen} of {asked} | **{}** | {} | {}x | {old} |",
+            "| {} | {} | {saturation:.0} | {} | **{failed}** | {served} | {seen} of {asked} | **{}** | {} | {}x | {old} |",
             anchor.name(),
             anchor.how(),
+            show(&of(&|r| r.achieved_rps), 0),
             visible(0.5),
             visible(1.0),
             show(&of(&|r| r.p99_in_ms / r.p99_out_ms), 2),

@@ -106,9 +106,9 @@ enum Cmd {
     },
     /// Reloads under load, kiln against Caddy, nginx, gunicorn and a restarted axum.
     Anchors {
-        /// Total request rate; default as for `reload`, capped at half of each server's saturation.
-        #[arg(long)]
-        rate: Option<f64>,
+        /// Total request rate, capped at half of each server's own saturation.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
         /// Configuration changes per run.
         #[arg(long, default_value_t = 30)]
         reloads: usize,
@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             reloads,
             seconds,
-        } => anchors::anchors(c, half_saturation(c, rate)?, reloads, seconds),
+        } => anchors::anchors(c, rate, reloads, seconds),
         Cmd::Memory { hot, rebuild } => runtime()?.block_on(memory(c, hot, rebuild)),
         Cmd::Report { criterion } => report(c, &criterion),
     }
@@ -1062,7 +1062,7 @@ fn reload(
     writeln!(
         table,
         "### Reloads under load\n\n\
-         kiln with {workers} worker(s) and a PostgreSQL pool of 8, pinned to CPU {}; load pinned to CPU {}: \
+         kiln with {workers} worker(s), a PostgreSQL pool of 8 and `warm_requests = [\"/\", \"/notes?limit=20\"]`, pinned to CPU {}; load pinned to CPU {}: \
          `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 40% of the rate up to 4,000 req/s) \
          for {} s, {:.0} req/s in all (half of kiln's 1-worker saturation from the overhead table). \
          During it, {reloads} `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
@@ -1152,7 +1152,10 @@ async fn reload_run(
     workers: usize,
 ) -> anyhow::Result<ReloadRun> {
     let name = "reload";
-    let conf = KilnConf::new(workers)?.postgres(c.pg_url(c.pg_addr), 8, 8);
+    let mut conf = KilnConf::new(workers)?.postgres(c.pg_url(c.pg_addr), 8, 8);
+    // As the repo's deploy.toml does: the database path is warmed too, so a
+    // rebuilt pool's connections have served a query before the swap.
+    conf.warm_requests.push("/notes?limit=20".to_owned());
     let mut server = conf.start(c, name, Some(&c.server_cpus))?;
     server.wait_accepting(conf.addr(), Duration::from_secs(30))?;
     let addr = conf.addr();
