@@ -78,8 +78,8 @@ fi
 
 # --- build -------------------------------------------------------------------
 say "building kiln and the benchmark programs (release)"
-cargo build --release -p kiln-cli --bin kiln >&2 || exit 1
-cargo build --release -p kiln-bench --bins >&2 || exit 1
+# One cargo call: two would unify features differently and rebuild tokio each time.
+cargo build --release -p kiln-cli --bin kiln -p kiln-bench --bins >&2 || exit 1
 BENCH="$ROOT/target/release/kiln-bench"
 COMMON=(--bin-dir "$ROOT/target/release" --out "$OUT"
         --server-cpus "$SERVER_CPUS" --client-cpus "$CLIENT_CPUS"
