@@ -243,12 +243,19 @@ fn restart_only_keys_get_409() {
 
     let (main, admin) = util::free_addr_pair();
     let all = json!({
-        "server": {"workers": 3, "listen": main.to_string()},
+        "server": {"workers": 3, "listen": main.to_string(), "reuse_port": true,
+                   "header_read_timeout": "5s"},
         "admin": {"listen": admin.to_string()},
     });
     let body = assert_patch_refused(&server, &all.to_string(), &[], 409);
     let keys: BTreeSet<&str> = json_strings(&body["keys"]).into_iter().collect();
-    let expected = BTreeSet::from(["admin.listen", "server.listen", "server.workers"]);
+    let expected = BTreeSet::from([
+        "admin.listen",
+        "server.header_read_timeout",
+        "server.listen",
+        "server.reuse_port",
+        "server.workers",
+    ]);
     assert_eq!(keys, expected, "every restart-only key is named: {body}");
 }
 

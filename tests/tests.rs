@@ -8,6 +8,7 @@ mod util;
 mod admin_auth;
 mod cli;
 mod config_patch;
+mod connections;
 mod embed_keyed;
 mod embed_reload;
 mod embed_resource;

@@ -55,10 +55,11 @@ pub struct Config<A> {
 
 /// Keys that only take effect at start-up: a reload that changes one of them
 /// is refused.
-pub const RESTART_KEYS: [&str; 4] = [
+pub const RESTART_KEYS: [&str; 5] = [
     "server.listen",
     "server.workers",
     "server.reuse_port",
+    "server.header_read_timeout",
     "admin.listen",
 ];
 
@@ -109,6 +110,7 @@ impl<A: AppConfig> Config<A> {
             self.server.listen != next.server.listen,
             self.server.workers != next.server.workers,
             self.server.reuse_port != next.server.reuse_port,
+            self.server.header_read_timeout != next.server.header_read_timeout,
             self.admin.listen != next.admin.listen,
         ];
         RESTART_KEYS
@@ -137,6 +139,13 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's head, which is also
+    /// how long a keep-alive connection may sit idle between requests; the
+    /// connection is closed after it. `0s` turns the limit off (behind a
+    /// proxy that enforces its own): it costs a timer per request, about 3%
+    /// of the CPU a `GET /` takes (`BENCHMARKS.md`). Restart-only.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Paths each worker serves in-process before the socket is bound.
     pub warm_requests: Vec<String>,
 }
@@ -159,6 +168,7 @@ impl Default for ServerConfig {
             reuse_port: false,
             warm_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             warm_requests: vec!["/".to_owned()],
         }
     }

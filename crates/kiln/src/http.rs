@@ -19,23 +19,23 @@ use tokio::sync::watch;
 
 use crate::service::{GenerationService, WorkerApp};
 
-fn connection_builder() -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // A client that never finishes its head must not hold a slot forever.
-        .header_read_timeout(Duration::from_secs(30));
-    builder
-}
-
+/// Serves one connection. With `header_read_timeout`, a client that never
+/// finishes a request head (or idles between requests) for that long is
+/// cut; hyper arms a timer for every request to enforce it.
 fn serve_connection<I>(
     io: I,
     service: GenerationService,
+    header_read_timeout: Option<Duration>,
 ) -> hyper::server::conn::http1::Connection<TokioIo<I>, TowerToHyperService<GenerationService>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    connection_builder().serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+    let mut builder = http1::Builder::new();
+    builder.header_read_timeout(header_read_timeout);
+    if header_read_timeout.is_some() {
+        builder.timer(TokioTimer::new());
+    }
+    builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
 }
 
 /// Accepts connections until `shutdown` turns true, then lets open
@@ -46,6 +46,7 @@ pub(crate) async fn accept_loop(
     service: GenerationService,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    header_read_timeout: Option<Duration>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
     loop {
@@ -53,7 +54,11 @@ pub(crate) async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = graceful.watch(serve_connection(stream, service.clone()));
+                    let connection = graceful.watch(serve_connection(
+                        stream,
+                        service.clone(),
+                        header_read_timeout,
+                    ));
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "Connection ended with an error");
@@ -113,7 +118,7 @@ struct InProcess {
 impl InProcess {
     async fn connect(app: Arc<WorkerApp>) -> Result<Self, String> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let server = serve_connection(server_io, GenerationService::fixed(app));
+        let server = serve_connection(server_io, GenerationService::fixed(app), None);
         let server = tokio::spawn(async move { drop(server.await) });
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
             .await

@@ -5,10 +5,10 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kiln_config::{ErrorKind, FileFormat, Loaded, PatchError};
-use kiln_resources::Pools;
+use kiln_resources::{Pool, Pools};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -206,6 +206,15 @@ impl<A: App> Kiln<A> {
         )
         .await?;
         let generation = Arc::new(generation);
+        // The old generation's pools the new one does not share.
+        let replaced: Vec<Pool> = current
+            .pools()
+            .iter()
+            .filter(|(name, _)| {
+                generation.pool(name).is_none() || rebuilt.iter().any(|r| r == name)
+            })
+            .map(|(_, pool)| pool.clone())
+            .collect();
         let staged = self.stage(generation.clone(), &rebuilt).await?;
         let rebuilt = [rebuilt, generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = &candidate {
@@ -218,6 +227,7 @@ impl<A: App> Kiln<A> {
         }
         let generation = staged.generation_id();
         self.swap(staged);
+        retire(&current, replaced);
         *previous_text = Some(current.text().to_owned());
 
         Ok(ReloadOutcome {
@@ -228,6 +238,26 @@ impl<A: App> Kiln<A> {
             took_ms: started.elapsed().as_millis() as u64,
         })
     }
+}
+
+/// How far apart a replaced pool's connections close.
+const RETIRE_GAP: Duration = Duration::from_millis(10);
+
+/// Closes `pools` (replaced by a reload) once no request of `old`, their
+/// generation, is in flight any more: one connection every [`RETIRE_GAP`],
+/// so that the database is not asked to end them all at once while the new
+/// pool takes its first requests.
+fn retire<C: AppConfig>(old: &Arc<Generation<C>>, pools: Vec<Pool>) {
+    if pools.is_empty() {
+        return;
+    }
+    let old = Arc::downgrade(old);
+    tokio::spawn(async move {
+        while old.strong_count() > 0 {
+            tokio::time::sleep(RETIRE_GAP).await;
+        }
+        futures_util::future::join_all(pools.into_iter().map(|pool| pool.retire(RETIRE_GAP))).await;
+    });
 }
 
 /// Whether an `If-Match` value names generation `id`: `*`, `"3"`, `W/"3"`,

@@ -61,6 +61,7 @@ pub(crate) async fn serve_with<A: App>(
             listener_rx,
             stopped.clone(),
             server.shutdown_grace,
+            (!server.header_read_timeout.is_zero()).then_some(server.header_read_timeout),
         )?);
         listeners.push((ready_rx, listener_tx));
     }
@@ -198,6 +199,7 @@ fn spawn_worker<A: App>(
     listener: oneshot::Receiver<std::net::TcpListener>,
     stop: watch::Receiver<bool>,
     grace: Duration,
+    header_read_timeout: Option<Duration>,
 ) -> Result<JoinHandle<usize>, StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -226,7 +228,10 @@ fn spawn_worker<A: App>(
                     return 0; // start-up failed elsewhere
                 };
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, worker.service(), stop, grace).await,
+                    Ok(listener) => {
+                        accept_loop(listener, worker.service(), stop, grace, header_read_timeout)
+                            .await
+                    }
                     Err(e) => {
                         tracing::error!(worker = id, error = %e, "Worker cannot use the listener");
                         0
