@@ -47,6 +47,9 @@ impl App for Notes {
         let pool = generation
             .pool(POOL)
             .ok_or("the demo app needs a pool named `main`: add a [pools.main] section")?;
+        if !generation.is_new(POOL) {
+            return Ok(()); // a pool carried over already has the schema
+        }
         match pool {
             Pool::Sqlite(pool) => {
                 pool.get()

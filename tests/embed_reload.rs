@@ -124,3 +124,50 @@ async fn reloads_under_concurrent_requests_keep_each_request_on_one_generation()
     assert_eq!(own.body, "the test's own route");
     assert!(own.header("x-config-generation").is_none(), "{own:?}");
 }
+
+/// Records, in `prepare`, whether pool `main` was new to each generation.
+#[derive(Clone, Default)]
+struct PrepareLog {
+    new_main: Arc<std::sync::Mutex<Vec<(u64, bool)>>>,
+}
+
+impl App for PrepareLog {
+    type Config = Greeting;
+
+    async fn prepare(&self, generation: &Generation<Greeting>) -> Result<(), kiln::BoxError> {
+        let new = generation.is_new("main");
+        self.new_main.lock().unwrap().push((generation.id(), new));
+        Ok(())
+    }
+
+    fn router(&self, _: &Generation<Greeting>) -> Router {
+        Router::new()
+    }
+}
+
+#[tokio::test]
+async fn prepare_is_told_which_pools_are_new() {
+    let site = Site::new(&config(1));
+    let log = PrepareLog::default();
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    let kiln = Kiln::start(log.clone(), loaded).await.expect("kiln starts");
+
+    // A hot key: the pool is carried over.
+    site.write_config(&config(2));
+    kiln.reload(Trigger::Api).await.expect("the reload applies");
+    // A pool key: the pool is rebuilt.
+    site.write_config(
+        &Config::sqlite()
+            .greeting("generation 3")
+            .set("pools.main.max_size", "5")
+            .render(),
+    );
+    let outcome = kiln.reload(Trigger::Api).await.expect("the reload applies");
+    assert_eq!(outcome.rebuilt, ["main"]);
+
+    assert_eq!(
+        *log.new_main.lock().unwrap(),
+        [(1, true), (2, false), (3, true)],
+        "(generation, pool main new to it)"
+    );
+}

@@ -48,6 +48,8 @@ pub trait App: Send + Sync + 'static {
     /// Runs once per generation, after its pools are warm and before any
     /// worker builds its router: create a schema, load a template set, check
     /// that the pools the app needs exist. An error refuses the generation.
+    /// It runs inside every reload: [`Generation::is_new`] tells which
+    /// pools are new, so that work done on a carried-over pool is skipped.
     fn prepare(
         &self,
         generation: &Generation<Self::Config>,

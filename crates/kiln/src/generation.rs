@@ -22,6 +22,8 @@ pub struct Generation<C> {
     loaded: Loaded<C>,
     pools: Pools,
     resources: BTreeMap<String, Built>,
+    /// The pools and resources built for this generation (not carried over).
+    built: Vec<String>,
     loaded_at: SystemTime,
     /// The per-key app instances built for this generation.
     pub(crate) keyed: crate::keyed::Slot,
@@ -33,12 +35,14 @@ impl<C> Generation<C> {
         loaded: Loaded<C>,
         pools: Pools,
         resources: BTreeMap<String, Built>,
+        built: Vec<String>,
     ) -> Self {
         Self {
             id,
             loaded,
             pools,
             resources,
+            built,
             loaded_at: SystemTime::now(),
             keyed: Default::default(),
         }
@@ -67,6 +71,14 @@ impl<C> Generation<C> {
     /// Every pool of this generation.
     pub fn pools(&self) -> &Pools {
         &self.pools
+    }
+
+    /// Whether the pool or resource `name` was built for this generation
+    /// (at start-up, every one) rather than carried over unchanged from the
+    /// previous one. [`App::prepare`](crate::App::prepare) can skip work it
+    /// already did on a carried-over pool, such as creating a schema.
+    pub fn is_new(&self, name: &str) -> bool {
+        self.built.iter().any(|built| built == name)
     }
 
     /// The resource registered as `name`, if it is of type `R`.

@@ -325,7 +325,7 @@ pub(crate) async fn build_generation<C: AppConfig>(
     let (pools, resources) =
         tokio::try_join!(async { pools.await.map_err(BuildError::from) }, resources)
             .map_err(BuildFailure::Build)?;
-    let rebuilt = loaded
+    let rebuilt: Vec<String> = loaded
         .config
         .pools
         .keys()
@@ -338,5 +338,6 @@ pub(crate) async fn build_generation<C: AppConfig>(
         )
         .map(str::to_owned)
         .collect();
-    Ok((Generation::new(id, loaded, pools, resources), rebuilt))
+    let generation = Generation::new(id, loaded, pools, resources, rebuilt.clone());
+    Ok((generation, rebuilt))
 }
