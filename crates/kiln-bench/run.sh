@@ -5,13 +5,14 @@
 #
 # Builds kiln and the benchmark programs in release, installs what is missing
 # (oha from crates.io; wrk, and for the anchors nginx-light and caddy, from
-# Debian; gunicorn from PyPI), then runs each
+# Debian; gunicorn from PyPI; valgrind from Debian), then runs each
 # measurement against loopback only (127.0.0.1), with bounded durations,
 # variants interleaved A B A B over $RUNS rounds:
 #
 #   config-read  criterion: one config read per request, 6 mechanisms
 #   overhead     kiln GET / vs bare axum at saturation, 1 and 2 workers,
 #                shared listener vs SO_REUSEPORT (wrk)
+#   instructions the same, as user-space instructions per request (callgrind)
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
 #   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
@@ -41,7 +42,7 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead coldstart startup reload anchors memory"}
+SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload anchors memory"}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 PG_ADDR=${PG_ADDR:-127.0.0.1:5432}
@@ -57,6 +58,10 @@ command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; e
 if ! command -v wrk >/dev/null; then
     say "installing wrk (Debian)"
     { apt-get update -qq && apt-get install -y -qq wrk; } >&2 || { echo "cannot install wrk" >&2; exit 1; }
+fi
+if wants instructions && ! command -v callgrind_control >/dev/null; then
+    say "installing valgrind (Debian)"
+    { apt-get update -qq && apt-get install -y -qq valgrind; } >&2 || { echo "cannot install valgrind" >&2; exit 1; }
 fi
 if wants anchors; then
     for tool in nginx caddy; do
@@ -109,6 +114,7 @@ if wants config-read; then
 fi
 
 section overhead "$BENCH" "${COMMON[@]}" --runs "$OVERHEAD_RUNS" overhead
+section instructions "$BENCH" "${COMMON[@]}" instructions
 
 pg_ok=1
 if wants coldstart || wants startup || wants reload || wants memory; then

@@ -101,7 +101,7 @@ pub use crate::kiln::{Builder, Kiln, Status, Worker, WorkerStatus};
 pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;
 pub use crate::server::serve;
-pub use crate::service::{GENERATION_HEADER, GenerationService, ResponseFuture};
+pub use crate::service::{GENERATION_HEADER, GenerationBody, GenerationService, ResponseFuture};
 pub use kiln_config::load as load_config;
 pub use kiln_config::{self as config, AppConfig, Config, ConfigError, Invalid, Loaded};
 pub use kiln_resources::{self as resources, Pool, PoolStatus};

@@ -129,7 +129,7 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    type Response = Response<Body>;
+    type Response = Response<GenerationBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -162,7 +162,7 @@ pin_project! {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<GenerationBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -171,22 +171,24 @@ impl Future for ResponseFuture {
         response
             .headers_mut()
             .insert(GENERATION_HEADER, app.header.clone());
-        Poll::Ready(Ok(
-            response.map(|body| Body::new(HoldBody { body, _app: app }))
-        ))
+        Poll::Ready(Ok(response.map(|body| GenerationBody { body, _app: app })))
     }
 }
 
 pin_project! {
-    /// A body that keeps its generation alive until it is dropped.
-    struct HoldBody {
+    /// The response body of [`GenerationService`]: the app's body, holding
+    /// the generation that made it (its pools, its configuration) until the
+    /// body is dropped, so that a response streamed after a reload still
+    /// runs on the generation its request started on. A type of its own
+    /// rather than a boxed `Body`: no allocation per response.
+    pub struct GenerationBody {
         #[pin]
         body: Body,
         _app: Arc<WorkerApp>,
     }
 }
 
-impl HttpBody for HoldBody {
+impl HttpBody for GenerationBody {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 mod anchors;
+mod instructions;
 
 /// kiln's benchmark driver. Start with `crates/kiln-bench/run.sh`.
 #[derive(Parser)]
@@ -73,6 +74,12 @@ enum Cmd {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
+    },
+    /// Instructions per request under callgrind: kiln (with and without the header timer) vs bare axum.
+    Instructions {
+        /// Seconds of the counted load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Cold start: first wave vs steady waves against PostgreSQL, kiln vs lazy.
     Coldstart {
@@ -143,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             seconds,
             connections,
         } => overhead(c, seconds, connections),
+        Cmd::Instructions { seconds } => instructions::instructions(c, seconds),
         Cmd::Coldstart { pool, waves } => runtime()?.block_on(coldstart(c, pool, waves)),
         Cmd::Startup { delay_ms } => startup(c, delay_ms),
         Cmd::Reload {
@@ -219,6 +227,7 @@ struct KilnConf {
     admin_port: u16,
     workers: usize,
     reuse_port: bool,
+    header_read_timeout: &'static str,
     warm_requests: Vec<String>,
     pool_kind: &'static str,
     pool_url: String,
@@ -236,6 +245,7 @@ impl KilnConf {
             admin_port: free_port()?,
             workers,
             reuse_port: false,
+            header_read_timeout: "30s",
             warm_requests: vec!["/".to_owned()],
             pool_kind: "sqlite",
             pool_url: "kiln-bench.sqlite3".to_owned(),
@@ -275,6 +285,7 @@ impl KilnConf {
 listen = "127.0.0.1:{port}"
 workers = {workers}
 reuse_port = {reuse_port}
+header_read_timeout = "{header_read_timeout}"
 warm_timeout = "30s"
 shutdown_grace = "2s"
 warm_requests = [{warm_requests}]
@@ -299,6 +310,7 @@ greeting = "{greeting}"
             port = self.port,
             workers = self.workers,
             reuse_port = self.reuse_port,
+            header_read_timeout = self.header_read_timeout,
             warm_requests = warm_requests.join(", "),
             admin_port = self.admin_port,
             kind = self.pool_kind,
@@ -391,6 +403,11 @@ struct LoadRun {
 fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> {
     let variants = [
         ("kiln, 1 worker", "kiln", 1),
+        (
+            "kiln, 1 worker, header_read_timeout = 0s",
+            "kiln-no-header-timeout",
+            1,
+        ),
         ("bare axum, 1 thread", "bare", 1),
         ("kiln, 2 workers", "kiln", 2),
         ("kiln, 2 workers, SO_REUSEPORT", "kiln-reuse-port", 2),
@@ -400,9 +417,12 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
     for round in 0..c.runs {
         for (variant, program, threads) in variants {
             let (server, addr) = match program {
-                "kiln" | "kiln-reuse-port" => {
+                "kiln" | "kiln-reuse-port" | "kiln-no-header-timeout" => {
                     let mut conf = KilnConf::new(threads)?;
                     conf.reuse_port = program == "kiln-reuse-port";
+                    if program == "kiln-no-header-timeout" {
+                        conf.header_read_timeout = "0s";
+                    }
                     let server = conf.start(c, "overhead", Some(&c.server_cpus))?;
                     (server, conf.addr())
                 }
@@ -508,7 +528,9 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
     writeln!(
         table,
         "\nkiln's workers share one listener by default; `server.reuse_port = true` \
-         gives each worker its own `SO_REUSEPORT` listener (the kernel spreads connections)."
+         gives each worker its own `SO_REUSEPORT` listener (the kernel spreads connections). \
+         kiln arms hyper's header-read timer on every request by default (`server.header_read_timeout = \"30s\"`); \
+         the `0s` row turns it off, as bare axum (`axum::serve`) has none."
     )?;
     let raw =
         json!({"runs": runs, "ratios": ratios, "seconds": seconds, "connections": connections});
@@ -1591,6 +1613,7 @@ fn report(c: &Common, criterion: &Path) -> anyhow::Result<()> {
     }
     for name in [
         "overhead",
+        "instructions",
         "coldstart",
         "startup",
         "reload",
