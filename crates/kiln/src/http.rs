@@ -31,7 +31,12 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = http1::Builder::new();
-    builder.header_read_timeout(header_read_timeout);
+    builder
+        .header_read_timeout(header_read_timeout)
+        // Head and body in one buffer, one write: for the small answers most
+        // requests get, about 450 fewer instructions than a vectored write
+        // (`kiln-bench instructions`); axum::serve's stack writes this way too.
+        .writev(false);
     if header_read_timeout.is_some() {
         builder.timer(TokioTimer::new());
     }
