@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -221,15 +222,27 @@ pub fn ready_ms(line: &str) -> Option<f64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, below Linux's ephemeral
+/// range (32768–60999): a port the kernel hands out for `:0` can be taken by
+/// an outgoing connection (the load generator's) before the server binds it.
 ///
 /// # Errors
 ///
-/// When no port can be bound.
+/// When no port in 20000–31999 can be bound.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start where other drivers running at once are unlikely to be.
+    let offset = std::process::id().wrapping_mul(7_919);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + offset.wrapping_add(n) % COUNT).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
 
 #[cfg(test)]
