@@ -16,6 +16,7 @@
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
 #   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
+#   save-to-serve  POST /admin/reload and a watched file save, end to end (no load)
 #   anchors      30 reloads under 20k req/s: kiln vs Caddy, nginx, gunicorn, restarted axum
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
 #
@@ -42,7 +43,7 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload anchors memory"}
+SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload save-to-serve anchors memory"}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 PG_ADDR=${PG_ADDR:-127.0.0.1:5432}
@@ -128,6 +129,10 @@ if [[ $pg_ok == 1 ]]; then
     section memory "$BENCH" "${COMMON[@]}" --runs "$RUNS" memory
 fi
 
+save_to_serve() {
+    python3 "$ROOT/crates/kiln-bench/save_to_serve.py" "$ROOT/target/release/kiln" > "$OUT/save-to-serve.md"
+}
+section save-to-serve save_to_serve
 section anchors "$BENCH" "${COMMON[@]}" --runs "$RUNS" anchors
 
 say "report"

@@ -10,7 +10,8 @@ starts kiln on it, then, 20 times each:
   2. with [reload] watch = true, saves the file the way editors do (write a
      temporary file, rename it over) and polls GET / until the new greeting is
      served: the save-to-served time, for debounce 250ms (the default) and 20ms.
-Prints medians with min and max. Loopback only; bounded (20 s per wait).
+Prints a markdown table of medians with min and max (run.sh saves it as
+target/bench/save-to-serve.md). Loopback only; bounded (20 s per wait).
 """
 import json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -23,8 +24,8 @@ def get(url, method="GET"):
     return urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5).read().decode()
 
 
-def summary(xs):
-    return f"median {statistics.median(xs):.1f} ms (min {min(xs):.1f}, max {max(xs):.1f}, n={len(xs)})"
+def row(what, xs):
+    return f"| {what} | {statistics.median(xs):.1f} ms | {min(xs):.1f}–{max(xs):.1f} ms |"
 
 
 def wait_for(want):
@@ -72,9 +73,13 @@ def run(debounce):
         shutil.rmtree(folder)
 
 
+print("### From a file save to the new value served\n")
+print("`crates/kiln-bench/save_to_serve.py`: the release binary on the repo's `deploy.toml`"
+      " (2 workers, SQLite), no load; 20 of each.\n")
+print("| what | median | min–max |\n|---|---|---|")
 for debounce in ["250ms", "20ms"]:
     took, answered, served = run(debounce)
     if debounce == "250ms":
-        print("POST /admin/reload took_ms:", summary(took))
-        print("POST /admin/reload request to answer:", summary(answered))
-    print(f"file save to new value served (watch, debounce {debounce}):", summary(served))
+        print(row("`POST /admin/reload`: `took_ms` in the answer", took))
+        print(row("`POST /admin/reload`: request to answer, client side", answered))
+    print(row(f"file saved (rename over) to new value served, `[reload] watch = true`, `debounce = \"{debounce}\"`", served))

@@ -1617,6 +1617,7 @@ fn report(c: &Common, criterion: &Path) -> anyhow::Result<()> {
         "coldstart",
         "startup",
         "reload",
+        "save-to-serve",
         "anchors",
         "memory",
     ] {
