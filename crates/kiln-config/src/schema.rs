@@ -142,7 +142,7 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's head, which is also
     /// how long a keep-alive connection may sit idle between requests; the
     /// connection is closed after it. `0s` turns the limit off (behind a
-    /// proxy that enforces its own): it costs a timer per request, about 3%
+    /// proxy that enforces its own): it costs a timer per request, about 4%
     /// of the CPU a `GET /` takes (`BENCHMARKS.md`). Restart-only.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,

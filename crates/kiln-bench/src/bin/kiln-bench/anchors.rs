@@ -546,7 +546,7 @@ fn table(
          \"visible\" = from asking for the change to the first answer carrying it (probe, or a connection polling `GET /` \
          back to back); \"old config after return\" = probe requests sent after the reload command returned that still \
          got the old greeting; \"in window\" = from asking until both returned and visible. {} rounds, servers \
-         interleaved; median (min–max) over rounds, failures summed. Versions: {}, {}, {}.\n",
+         interleaved; median (min–max) over rounds, failures summed. Versions: Caddy {}, {}, {}.\n",
         seconds + 2,
         c.server_cpus,
         c.client_cpus,
