@@ -16,6 +16,14 @@ use serde_json::json;
 
 use crate::{Common, KilnConf, runtime, wrk};
 
+/// What runs under callgrind.
+enum Variant {
+    /// kiln with this `server.header_read_timeout`.
+    Kiln(&'static str),
+    /// A baseline program from `--bin-dir`.
+    Baseline(&'static str),
+}
+
 #[derive(Debug, Serialize)]
 struct Count {
     variant: &'static str,
@@ -27,20 +35,25 @@ struct Count {
 /// Counts each variant's instructions over `seconds` of wrk (8 keep-alive
 /// connections) after 2 s of warm-up, and writes the `instructions` table.
 pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
-    let variants: [(&str, Option<&str>); 3] = [
-        ("kiln, 1 worker", Some("30s")),
-        ("kiln, 1 worker, header_read_timeout = 0s", Some("0s")),
-        ("bare axum, 1 thread", None),
+    // (variant, the program for a baseline or kiln's header_read_timeout)
+    let variants = [
+        ("kiln, 1 worker", Variant::Kiln("30s")),
+        (
+            "kiln, 1 worker, header_read_timeout = 0s",
+            Variant::Kiln("0s"),
+        ),
+        ("actix-web, 1 worker", Variant::Baseline("actix")),
+        ("bare axum, 1 thread", Variant::Baseline("bare")),
     ];
     let mut counts = Vec::new();
-    for (variant, header_read_timeout) in variants {
+    for (variant, program) in variants {
         let out = c.tmp(&format!("callgrind-{}.out", counts.len()));
         let mut args = vec![
             "--tool=callgrind".to_owned(),
             format!("--callgrind-out-file={}", out.display()),
         ];
-        let addr = match header_read_timeout {
-            Some(timeout) => {
+        let addr = match program {
+            Variant::Kiln(timeout) => {
                 let mut conf = KilnConf::new(1)?;
                 conf.header_read_timeout = timeout;
                 conf.log_level = "warn";
@@ -49,10 +62,10 @@ pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
                 args.push(c.tmp("instructions.toml").display().to_string());
                 conf.addr()
             }
-            None => {
+            Variant::Baseline(program) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
                 args.extend([
-                    c.bin("bare").display().to_string(),
+                    c.bin(program).display().to_string(),
                     "--listen".to_owned(),
                     addr.to_string(),
                 ]);

@@ -409,6 +409,7 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
             1,
         ),
         ("bare axum, 1 thread", "bare", 1),
+        ("actix-web, 1 worker", "actix", 1),
         ("kiln, 2 workers", "kiln", 2),
         ("kiln, 2 workers, SO_REUSEPORT", "kiln-reuse-port", 2),
         ("bare axum, 2 threads", "bare", 2),
@@ -426,10 +427,11 @@ fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::Result<()> 
                     let server = conf.start(c, "overhead", Some(&c.server_cpus))?;
                     (server, conf.addr())
                 }
+                // bare axum or actix-web
                 _ => {
                     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
                     let server = Server::start(
-                        &c.bin("bare"),
+                        &c.bin(program),
                         &[
                             "--listen".into(),
                             addr.to_string(),
