@@ -2,6 +2,7 @@
 //! share. Nothing here is part of kiln; `crates/kiln-bench/run.sh` is the
 //! one entry point.
 //!
+//! - [`baseline`]: the command line of the baseline servers.
 //! - [`stats`]: percentiles and median/min/max over repeated runs.
 //! - [`http`]: a minimal HTTP/1.1 client (one connection, keep-alive) that
 //!   reports status, generation header and timing.
@@ -10,6 +11,7 @@
 //! - [`process`]: start a server (optionally pinned with `taskset`), wait
 //!   until its port accepts, read its RSS, stop it.
 
+pub mod baseline;
 pub mod http;
 pub mod load;
 pub mod process;

@@ -193,6 +193,15 @@ mod tests {
     }
 
     #[test]
+    fn header_read_timeout_is_a_duration_and_zero_turns_it_off() {
+        let loaded = load_text("[server]\nheader_read_timeout = \"0s\"\n").unwrap();
+        assert!(loaded.config.server.header_read_timeout.is_zero());
+        let err = load_text("[server]\nheader_read_timeout = 30\n").unwrap_err();
+        assert_eq!(err.key(), Some("server.header_read_timeout"), "{err}");
+        assert!(err.to_string().contains("duration"), "{err}");
+    }
+
+    #[test]
     fn public_admin_needs_a_token() {
         let err = load_text("[admin]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
         assert_eq!(err.key(), Some("admin.token"), "{err}");

@@ -81,6 +81,11 @@ impl<C> Generation<C> {
         self.built.iter().any(|built| built == name)
     }
 
+    /// The names [`is_new`](Self::is_new) is true for.
+    pub(crate) fn built(&self) -> &[String] {
+        &self.built
+    }
+
     /// The resource registered as `name`, if it is of type `R`.
     pub fn resource<R: Resource>(&self, name: &str) -> Option<&R> {
         self.resources.get(name)?.downcast_ref()

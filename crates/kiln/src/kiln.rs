@@ -350,7 +350,7 @@ impl<A: App> Builder<A> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let (generation, _) = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
+        let generation = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
         prepare(&self.app, &generation).await?;
         let generation = Arc::new(generation);
         Ok(Kiln {

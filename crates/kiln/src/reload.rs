@@ -197,7 +197,7 @@ impl<A: App> Kiln<A> {
             return Err(ReloadError::RestartRequired(restart));
         }
         let changed = kiln_config::diff(current.raw(), &loaded.raw);
-        let (generation, rebuilt) = build_generation(
+        let generation = build_generation(
             &self.shared.registry,
             self.base_dir(),
             current.id() + 1,
@@ -210,13 +210,11 @@ impl<A: App> Kiln<A> {
         let replaced: Vec<Pool> = current
             .pools()
             .iter()
-            .filter(|(name, _)| {
-                generation.pool(name).is_none() || rebuilt.iter().any(|r| r == name)
-            })
+            .filter(|(name, _)| generation.pool(name).is_none() || generation.is_new(name))
             .map(|(_, pool)| pool.clone())
             .collect();
-        let staged = self.stage(generation.clone(), &rebuilt).await?;
-        let rebuilt = [rebuilt, generation.keyed.take_rebuilt()].concat();
+        let staged = self.stage(generation.clone(), generation.built()).await?;
+        let rebuilt = [generation.built(), &generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = &candidate {
             kiln_config::write_atomic(current.source(), text).map_err(|source| {
                 ReloadError::Persist {
@@ -296,14 +294,14 @@ impl From<BuildFailure> for crate::StartError {
 /// Builds generation `id` from `loaded`: checks the resource sections, then
 /// builds and warms, concurrently, every pool and resource whose own section
 /// differs from `previous` (all of them without one), carrying the others
-/// over as they are. Returns it with the names of what was built anew.
+/// over as they are; [`Generation::is_new`] tells which were built anew.
 pub(crate) async fn build_generation<C: AppConfig>(
     registry: &Registry,
     base_dir: &Path,
     id: u64,
     loaded: Loaded<C>,
     previous: Option<&Generation<C>>,
-) -> Result<(Generation<C>, Vec<String>), BuildFailure> {
+) -> Result<Generation<C>, BuildFailure> {
     registry
         .check(&loaded.config.resources, &loaded.source)
         .map_err(BuildFailure::Config)?;
@@ -325,7 +323,7 @@ pub(crate) async fn build_generation<C: AppConfig>(
     let (pools, resources) =
         tokio::try_join!(async { pools.await.map_err(BuildError::from) }, resources)
             .map_err(BuildFailure::Build)?;
-    let rebuilt: Vec<String> = loaded
+    let built = loaded
         .config
         .pools
         .keys()
@@ -338,6 +336,5 @@ pub(crate) async fn build_generation<C: AppConfig>(
         )
         .map(str::to_owned)
         .collect();
-    let generation = Generation::new(id, loaded, pools, resources, rebuilt.clone());
-    Ok((generation, rebuilt))
+    Ok(Generation::new(id, loaded, pools, resources, built))
 }

@@ -2,27 +2,21 @@
 //! kiln's demo app, each worker's app built by actix's per-worker factory
 //! with the configuration in a shared `Arc`.
 //!
-//! `actix --listen 127.0.0.1:8082 --threads 1 --greeting "Hello from kiln"`
+//! `actix --listen 127.0.0.1:8081 --threads 1 --greeting "Hello from kiln"`:
+//! each thread runs its own single-threaded runtime, as kiln's workers do.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer};
 use clap::Parser;
+use kiln_bench::baseline::BaselineArgs;
 
 /// actix-web with a plain `Arc` config: the stretch target.
 #[derive(Parser)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8082")]
-    listen: SocketAddr,
-    /// Worker threads (each runs its own single-threaded runtime, as kiln's do).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// What `GET /` answers.
-    #[arg(long, default_value = "Hello from kiln")]
-    greeting: String,
+    #[command(flatten)]
+    baseline: BaselineArgs,
 }
 
 /// The whole configuration, read-only, shared by every request.
@@ -37,7 +31,7 @@ async fn greeting(config: web::Data<Config>) -> HttpResponse {
 }
 
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse().baseline;
     let config = web::Data::from(Arc::new(Config {
         greeting: Bytes::from(args.greeting),
     }));

@@ -7,7 +7,6 @@
 //! one thread runs a current-thread runtime (as each kiln worker does);
 //! more run tokio's multi-thread runtime with that many workers.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,19 +17,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use clap::Parser;
+use kiln_bench::baseline::BaselineArgs;
 
 /// Bare axum with a plain `Arc` config: the baseline for request overhead.
 #[derive(Parser)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    listen: SocketAddr,
-    /// Runtime threads: 1 = a current-thread runtime, more = multi-thread.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// What `GET /` answers.
-    #[arg(long, default_value = "Hello from kiln")]
-    greeting: String,
+    #[command(flatten)]
+    baseline: BaselineArgs,
 }
 
 /// The whole configuration, read-only, shared by every request.
@@ -46,7 +39,7 @@ async fn greeting(State(config): State<Arc<Config>>) -> impl IntoResponse {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse().baseline;
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -136,11 +136,10 @@ impl Running {
         let cpus = Some(c.server_cpus.as_str());
         let log = Some(self.dir.join("server.log"));
         let dir = self.dir.display().to_string();
-        let program = |p: &str| PathBuf::from(p);
         match self.anchor {
             Anchor::Kiln => self.kiln.start(c, "anchor-kiln", cpus),
             Anchor::Caddy => Server::start(
-                &program("caddy"),
+                Path::new("caddy"),
                 &["run".into(), "--config".into(), format!("{dir}/caddy.json")],
                 &[
                     ("XDG_CONFIG_HOME".into(), dir.clone()),
@@ -150,7 +149,7 @@ impl Running {
                 log.as_deref(),
             ),
             Anchor::Nginx => Server::start(
-                &program("nginx"),
+                Path::new("nginx"),
                 &[
                     "-p".into(),
                     dir.clone(),
@@ -182,7 +181,7 @@ impl Running {
                 }
                 args.push("gunicorn_app:app".into());
                 Server::start(
-                    &program("python3"),
+                    Path::new("python3"),
                     &args,
                     &[(
                         "KILN_BENCH_GREETING_FILE".into(),
