@@ -62,7 +62,8 @@ fn validate_rejects_bad_value_naming_key() {
 
 #[test]
 fn validate_fails_on_unreachable_database() {
-    let closed = util::free_addr();
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
     let config = Config::postgres(&format!("postgres://postgres@{closed}/test"))
         .set_str("server.warm_timeout", "5s");
     let site = Site::new(&config.render());
@@ -129,10 +130,16 @@ fn reload_command_sends_token_from_flag_or_env() {
 
 #[test]
 fn reload_command_fails_without_server() {
-    let closed = util::free_addr();
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
     let out =
         util::run(util::kiln_command().args(["reload", "--admin", &format!("http://{closed}")]));
     assert!(!out.status.success(), "{out:?}");
+    // Not a usage error: the command ran and says what it could not reach.
+    util::assert_error_line(
+        &out.stderr,
+        &["cannot reach the admin API", &closed.to_string()],
+    );
 }
 
 #[test]

@@ -92,7 +92,8 @@ fn patch_is_applied_persisted_and_served_after_a_restart() {
 #[test]
 fn invalid_or_unwarmable_patch_leaves_the_file_byte_for_byte() {
     let server = Server::start(&base("stable").render());
-    let closed = util::free_addr();
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
     let cases = [
         (
             json!({"pools": {"main": {"max_size": 0}}}),

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use kiln::{AppConfig, BoxError, KeyContext, Keyed, KeyedApp, Kiln, ReloadOutcome, Trigger};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{Config, Site, get_in_process};
+use crate::util::{Config, EMBED_TIMEOUT, Gate, Site, get_in_process};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +38,10 @@ struct Counts {
     builds: Mutex<BTreeMap<String, usize>>,
     hits: Mutex<BTreeMap<String, usize>>,
     serial: AtomicUsize,
+    /// Where builds of on-demand keys wait until the test opens it.
+    on_demand: Gate,
+    /// Requests that reached the test's router.
+    arrived: tokio::sync::watch::Sender<usize>,
 }
 
 fn bump(counts: &Mutex<BTreeMap<String, usize>>, key: &str) {
@@ -76,8 +79,9 @@ impl KeyedApp for PerHost {
         context
             .pool(&site.pool)
             .ok_or_else(|| format!("no pool {:?}", site.pool))?;
-        // Long enough for concurrent first requests to pile up on one build.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if key.ends_with(".demand") {
+            self.0.on_demand.pass().await;
+        }
         bump(&self.0.builds, key);
         let serial = self.0.serial.fetch_add(1, Ordering::SeqCst) + 1;
         let answer = format!("{} #{serial}", site.greeting);
@@ -130,7 +134,15 @@ impl Tenants {
         let kiln = Kiln::start(Keyed::by_host(PerHost(counts.clone())), loaded)
             .await
             .expect("kiln starts");
-        let app = Router::new().merge(kiln.router().await.expect("a worker attaches"));
+        let arrived = counts.clone();
+        let app = Router::new()
+            .merge(kiln.router().await.expect("a worker attaches"))
+            .layer(axum::middleware::map_request(
+                move |request: axum::extract::Request| {
+                    arrived.arrived.send_modify(|n| *n += 1);
+                    std::future::ready(request)
+                },
+            ));
         Tenants {
             site,
             kiln,
@@ -213,6 +225,14 @@ async fn a_key_built_on_demand_is_built_once_under_50_concurrent_first_requests(
             tokio::spawn(async move { tenants.get("x.demand").await })
         })
         .collect();
+    // Every first request is in flight while the one build waits at the gate.
+    tenants.counts.on_demand.wait_entered(1).await;
+    let mut arrived = tenants.counts.arrived.subscribe();
+    tokio::time::timeout(EMBED_TIMEOUT, arrived.wait_for(|n| *n >= 50))
+        .await
+        .expect("50 requests arrive")
+        .expect("the counter lives");
+    tenants.counts.on_demand.open();
     let mut answers = Vec::new();
     for request in first {
         answers.push(request.await.expect("a first request"));

@@ -2,6 +2,7 @@
 //! failure class answers its code, names the cause and applies nothing; plus
 //! the shapes of `/admin/status` and `/admin/config`.
 
+use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -158,8 +159,19 @@ fn unchanged_pool_keeps_its_connections_and_replaced_pool_closes() {
         "a greeting reload opened database connections"
     );
 
-    // The pool section changes: a new pool is warmed, the old one closes once
-    // its generation has no request left.
+    // The pool section changes while a database request of generation 2 is
+    // in flight (held by a table lock): a new pool is warmed, and the old one
+    // stays open until that request ends, then closes.
+    let lock = pg.lock_table("notes");
+    let held = {
+        let url = server.url("/notes");
+        thread::spawn(move || util::call(&util::agent(), "GET", &url, &[], None))
+    };
+    util::wait_until(
+        Duration::from_secs(30),
+        "the request to wait for the table lock",
+        || pg.waiting_for_locks() > 0,
+    );
     server.site.write_config(&config("5", "b"));
     let reply = server.reload();
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -168,7 +180,20 @@ fn unchanged_pool_keeps_its_connections_and_replaced_pool_closes() {
         8,
         "the rebuilt pool warmed 4 new connections"
     );
-    assert_eq!(server.get("/notes").status, 200);
+    // A window far longer than a pool closing at the swap would need
+    // (its three idle connections go within ~30 ms).
+    for _ in 0..200 {
+        assert_eq!(server.get("/").generation(), 3);
+    }
+    assert_eq!(
+        proxy.live(),
+        8,
+        "the replaced pool closed while a request of its generation was in flight"
+    );
+    drop(lock);
+    let held = held.join().expect("the held request").expect("an answer");
+    assert_eq!(held.status, 200, "{held:?}");
+    assert_eq!(held.generation(), 2, "it ran on its own generation");
     util::wait_until(
         Duration::from_secs(30),
         "the replaced pool's connections to close",
@@ -250,7 +275,8 @@ fn warm_above_max_size_is_rejected() {
 #[test]
 fn unreachable_database_is_rejected_with_503() {
     let server = Server::start(&base().render());
-    let closed = util::free_addr();
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
     let bad = base()
         .greeting(MUST_NOT_APPLY)
         .set_str("pools.main.kind", "postgres")

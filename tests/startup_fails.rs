@@ -80,7 +80,8 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn unreachable_database_fails_naming_pool_without_binding() {
-    let closed = util::free_addr();
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
     let config = Config::postgres(&format!("postgres://postgres@{closed}/test"))
         .set_str("server.warm_timeout", "5s");
     let (config, ports) = fixed_ports(config);

@@ -628,19 +628,89 @@ fn expect_reply(result: Result<Reply, ureq::Error>) -> Reply {
     result.unwrap_or_else(|e| panic!("HTTP request failed: {e}"))
 }
 
-/// A loopback address whose port was free a moment ago (bound, then released).
+/// A loopback address for kiln to bind, on a port below the kernel's
+/// ephemeral range: nothing bound to port 0 (another test's kiln, a client's
+/// connection) can take it between this check and kiln's bind. Each call in
+/// this process gets another port.
 pub(crate) fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = ephemeral_low();
+    // Start somewhere that depends on the process, so that two test runs at
+    // once rarely walk the same ports.
+    let span = low - FIXED_PORTS_FROM;
+    let start = (std::process::id() as usize * 7919) % span;
+    for _ in 0..span {
+        let port = FIXED_PORTS_FROM + (start + NEXT.fetch_add(1, SeqCst)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in {FIXED_PORTS_FROM}..{low}");
 }
 
-/// Two distinct loopback addresses whose ports were free a moment ago (both
-/// bound at once, so they differ).
+/// Where [`free_addr`] starts looking.
+const FIXED_PORTS_FROM: usize = 20_000;
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`).
+fn ephemeral_low() -> usize {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".to_owned());
+    let low = text
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("ip_local_port_range starts with a port");
+    assert!(
+        low > FIXED_PORTS_FROM + 1000,
+        "the ephemeral range starts at {low}: too low for fixed test ports"
+    );
+    low
+}
+
+/// Two distinct loopback addresses for kiln's main and admin listeners (see
+/// [`free_addr`]).
 pub(crate) fn free_addr_pair() -> (SocketAddr, SocketAddr) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
+    (free_addr(), free_addr())
+}
+
+/// A loopback port that refuses connections for as long as this lives: a
+/// socket bound but not listening holds it, so no other test can take it.
+pub(crate) struct ClosedPort(socket2::Socket);
+
+impl ClosedPort {
+    pub(crate) fn new() -> ClosedPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind an ephemeral port");
+        ClosedPort(socket)
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.0
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("an IPv4 address")
+    }
+}
+
+/// The number of TCP sockets listening on `port` (`/proc/net/tcp`), however
+/// many file descriptors share each.
+pub(crate) fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is fields[1]; state 0A is LISTEN.
+            fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+        })
+        .count()
 }
 
 /// Asserts that some stderr line contains `error:` and every one of `needles`
@@ -824,8 +894,80 @@ fn pipe(client: TcpStream, upstream: SocketAddr, delay: Duration, counts: &Count
     counts.live.fetch_sub(1, SeqCst);
 }
 
-/// Runs `sql` on a short-lived admin connection.
-fn pg_execute(sql: &str) -> Result<(), String> {
+impl PgSchema {
+    /// Holds `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE` in a transaction
+    /// of its own until the returned guard is dropped: every query on the
+    /// table waits meanwhile, holding its pool connection.
+    pub(crate) fn lock_table(&self, table: &str) -> PgLock {
+        let sql = format!(
+            "BEGIN; LOCK TABLE {}.{table} IN ACCESS EXCLUSIVE MODE",
+            self.name
+        );
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = thread::spawn(move || {
+            pg_session(|client| async move {
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = locked_tx.send(());
+                // Until the guard is dropped (the sender goes away).
+                let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        locked
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("LOCK TABLE {table} did not succeed"));
+        PgLock {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+
+    /// How many backends wait for a lock on a table of this schema.
+    pub(crate) fn waiting_for_locks(&self) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT l.granted AND n.nspname = '{}'",
+            self.name
+        );
+        pg_session(|client| async move {
+            let row = client
+                .query_one(&sql, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(row.get::<_, i64>(0))
+        })
+        .expect("count lock waiters")
+    }
+}
+
+/// A table lock held by [`PgSchema::lock_table`]; dropping it commits.
+pub(crate) struct PgLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Drop for PgLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.join();
+        }
+    }
+}
+
+/// Runs `work` on a short-lived admin connection.
+fn pg_session<T, F>(work: impl FnOnce(tokio_postgres::Client) -> F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -835,11 +977,15 @@ fn pg_execute(sql: &str) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await.map_err(|e| e.to_string());
-        drop(client);
+        let result = work(client).await;
         let _ = driver.await;
         result
     })
+}
+
+/// Runs `sql` on a short-lived admin connection.
+fn pg_execute(sql: &str) -> Result<(), String> {
+    pg_session(|client| async move { client.batch_execute(sql).await.map_err(|e| e.to_string()) })
 }
 
 // ---------------------------------------------------------------------------

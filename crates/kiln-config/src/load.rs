@@ -143,6 +143,26 @@ mod tests {
     }
 
     #[test]
+    fn header_read_timeout_zero_is_no_limit_and_others_are_kept() {
+        let limit = |value: &str| {
+            load_text(&format!(
+                "[server]\nheader_read_timeout = \"{value}\"\n{POOL}"
+            ))
+            .unwrap()
+            .config
+            .server
+            .header_read_limit()
+        };
+        assert_eq!(limit("0s"), None);
+        assert_eq!(limit("1s"), Some(std::time::Duration::from_secs(1)));
+        assert_eq!(
+            load_text(POOL).unwrap().config.server.header_read_limit(),
+            Some(std::time::Duration::from_secs(30)),
+            "the default"
+        );
+    }
+
+    #[test]
     fn out_of_range_names_file_key_and_expectation() {
         let err = load_text(&format!("{POOL}max_size = 0\n")).unwrap_err();
         let text = err.to_string();

@@ -151,6 +151,12 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The header-read limit to enforce: `None` when `header_read_timeout`
+    /// is `0s` (off).
+    pub fn header_read_limit(&self) -> Option<Duration> {
+        Some(self.header_read_timeout).filter(|limit| !limit.is_zero())
+    }
+
     /// The number of worker threads: `workers`, or one per core when 0.
     pub fn worker_count(&self) -> usize {
         match self.workers {

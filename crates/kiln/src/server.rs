@@ -61,7 +61,7 @@ pub(crate) async fn serve_with<A: App>(
             listener_rx,
             stopped.clone(),
             server.shutdown_grace,
-            (!server.header_read_timeout.is_zero()).then_some(server.header_read_timeout),
+            server.header_read_limit(),
         )?);
         listeners.push((ready_rx, listener_tx));
     }
