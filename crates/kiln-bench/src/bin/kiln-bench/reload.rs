@@ -1,0 +1,348 @@
+//! `reload`: reloads under a steady load, the reload windows against the rest.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kiln_bench::http::Conn;
+use kiln_bench::load;
+use kiln_bench::stats::{Summary, quantile, show};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{Common, KilnConf, all_cpus, pin_self, runtime};
+
+/// One reload: when it was asked for, answered, and seen.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ReloadEvent {
+    sent_s: f64,
+    answered_s: f64,
+    latency_ms: f64,
+    visible_ms: Option<f64>,
+    status: u16,
+    generation: u64,
+    took_ms: Option<u64>,
+    rebuilt: Vec<String>,
+    wave_before_ms: Vec<f64>,
+    wave_after_ms: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ReloadRun {
+    mode: &'static str,
+    round: usize,
+    target_rate: f64,
+    oha: load::Oha,
+    probe_requests: usize,
+    probe_failed: usize,
+    probe_stale_after_answer: usize,
+    probe_generation_went_back: usize,
+    probe_p99_in_ms: f64,
+    probe_p99_out_ms: f64,
+    probe_in_samples: usize,
+    reloads_ok: usize,
+    reload_latency_median_ms: f64,
+    reload_latency_max_ms: f64,
+    visible_median_ms: f64,
+    visible_max_ms: f64,
+    wave_before_p99_ms: f64,
+    wave_after_p99_ms: f64,
+    rss_kib_before: u64,
+    rss_kib_after: u64,
+    events: Vec<ReloadEvent>,
+}
+
+/// `rate` when given, else half of kiln's 1-worker saturation from the
+/// overhead measurement.
+pub(crate) fn half_saturation(c: &Common, rate: Option<f64>) -> anyhow::Result<f64> {
+    if let Some(rate) = rate {
+        return Ok(rate);
+    }
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.out.join("overhead.json"))
+            .context("no --rate and no overhead.json: run `overhead` first")?,
+    )?;
+    let rps: Vec<f64> = raw["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["variant"] == "kiln, 1 worker")
+        .filter_map(|r| r["rps"].as_f64())
+        .collect();
+    Ok(Summary::of(&rps)
+        .context("no kiln runs in overhead.json")?
+        .median
+        / 2.0)
+}
+
+pub(crate) fn reload(
+    c: &Common,
+    rate: f64,
+    reloads: usize,
+    seconds: u64,
+    workers: usize,
+) -> anyhow::Result<()> {
+    pin_self(&c.client_cpus);
+    let mut runs = Vec::new();
+    for round in 0..c.runs {
+        for mode in ["hot key", "pool rebuild"] {
+            let run =
+                runtime()?.block_on(reload_run(c, mode, round, rate, reloads, seconds, workers))?;
+            eprintln!(
+                "reload round {round} {mode}: oha {:.0} req/s, failed {} + probe failed {}, p99 in {:.3} ms / out {:.3} ms, reload median {:.1} ms max {:.1} ms, visible median {:.2} ms max {:.2} ms",
+                run.oha.rps,
+                run.oha.failed,
+                run.probe_failed,
+                run.probe_p99_in_ms,
+                run.probe_p99_out_ms,
+                run.reload_latency_median_ms,
+                run.reload_latency_max_ms,
+                run.visible_median_ms,
+                run.visible_max_ms
+            );
+            runs.push(run);
+        }
+    }
+    pin_self(&all_cpus());
+
+    let mut table = String::new();
+    writeln!(
+        table,
+        "### Reloads under load\n\n\
+         kiln with {workers} worker(s), a PostgreSQL pool of 8 and `warm_requests = [\"/\", \"/notes?limit=20\"]`, pinned to CPU {}; load pinned to CPU {}: \
+         `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 40% of the rate up to 4,000 req/s) \
+         for {} s, {:.0} req/s in all (half of kiln's 1-worker saturation from the overhead table). \
+         During it, {reloads} `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
+         `app.greeting` (hot key) or `pools.main.wait_timeout` (the pool is rebuilt: 8 new connections opened and pinged). \
+         \"in window\" = probe requests sent between a reload's request and its answer. \
+         \"visible\" = from sending the reload to the first answer received that carries the new generation \
+         (from the probe, or from a connection polling `GET /` back to back; client-side, so it includes the \
+         load generator's own queueing on its busy CPU). oha's requests cut by its own `-z` deadline are not failures. Around each reload, a wave of 8 concurrent `GET /notes?limit=20` \
+         (keep-alive) is sent 100 ms before it and right after its answer. {} rounds, modes interleaved; median (min–max).\n",
+        c.server_cpus,
+        c.client_cpus,
+        seconds + 2,
+        rate,
+        c.runs
+    )?;
+    writeln!(
+        table,
+        "| reload kind | failed requests (oha + probe) | requests served | p99 in window, ms | p99 outside, ms | in / out | reload latency median, ms | max, ms | visible median, ms | max, ms | `/notes` wave after swap / before, p99 |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
+    let mut summary = BTreeMap::new();
+    for mode in ["hot key", "pool rebuild"] {
+        let of = |f: &dyn Fn(&ReloadRun) -> f64| -> Vec<f64> {
+            runs.iter().filter(|r| r.mode == mode).map(f).collect()
+        };
+        let failed: u64 = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.oha.failed + r.probe_failed as u64)
+            .sum();
+        let served: u64 = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.oha.requests + r.probe_requests as u64)
+            .sum();
+        let in_out = of(&|r| r.probe_p99_in_ms / r.probe_p99_out_ms);
+        let waves = of(&|r| r.wave_after_p99_ms / r.wave_before_p99_ms);
+        writeln!(
+            table,
+            "| {mode} | **{failed}** | {served} | {} | {} | **{}x** | {} | {} | **{}** | {} | {}x |",
+            show(&of(&|r| r.probe_p99_in_ms), 3),
+            show(&of(&|r| r.probe_p99_out_ms), 3),
+            show(&in_out, 2),
+            show(&of(&|r| r.reload_latency_median_ms), 2),
+            show(&of(&|r| r.reload_latency_max_ms), 2),
+            show(&of(&|r| r.visible_median_ms), 2),
+            show(&of(&|r| r.visible_max_ms), 2),
+            show(&waves, 2),
+        )?;
+        let reloads_ok: usize = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.reloads_ok)
+            .sum();
+        let stale: usize = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.probe_stale_after_answer + r.probe_generation_went_back)
+            .sum();
+        summary.insert(
+            mode,
+            json!({"failed": failed, "served": served, "reloads_ok": reloads_ok, "stale_or_backwards": stale,
+                   "p99_in_over_out": Summary::of(&in_out), "wave_after_over_before": Summary::of(&waves)}),
+        );
+    }
+    let total_reloads = runs.iter().map(|r| r.events.len()).sum::<usize>();
+    let ok_reloads = runs.iter().map(|r| r.reloads_ok).sum::<usize>();
+    let stale = runs
+        .iter()
+        .map(|r| r.probe_stale_after_answer + r.probe_generation_went_back)
+        .sum::<usize>();
+    writeln!(
+        table,
+        "\n{ok_reloads} of {total_reloads} reloads answered 200. Probe requests sent after a reload's answer that still saw the old generation, \
+         or a connection seeing a generation go backwards: {stale}."
+    )?;
+    let raw = json!({"rate": rate, "summary": summary, "runs": runs});
+    c.save("reload", &raw, &table)
+}
+
+pub(crate) async fn reload_run(
+    c: &Common,
+    mode: &'static str,
+    round: usize,
+    rate: f64,
+    reloads: usize,
+    seconds: u64,
+    workers: usize,
+) -> anyhow::Result<ReloadRun> {
+    let name = "reload";
+    let mut conf = KilnConf::new(workers)?.postgres(c.pg_url(c.pg_addr), 8, 8);
+    // As the repo's deploy.toml does: the database path is warmed too, so a
+    // rebuilt pool's connections have served a query before the swap.
+    conf.warm_requests.push("/notes?limit=20".to_owned());
+    let mut server = conf.start(c, name, Some(&c.server_cpus))?;
+    server.wait_accepting(conf.addr(), Duration::from_secs(30))?;
+    let addr = conf.addr();
+    let rss_before = server.rss_kib()?;
+
+    let spec = load::Spec::new(addr, rate, Duration::from_secs(seconds + 2), &c.client_cpus);
+    let load = load::Load::start(&spec).await?;
+    let start = load.start;
+    let mut admin_conn = Conn::connect(conf.admin()).await?;
+    let mut wave_conns = Vec::new();
+    for _ in 0..8 {
+        wave_conns.push(Rc::new(tokio::sync::Mutex::new(Conn::connect(addr).await?)));
+    }
+    let local = tokio::task::LocalSet::new();
+    let mut events = local
+        .run_until(async {
+            let mut events = Vec::new();
+            let mut generation = 1_u64;
+            let spacing = Duration::from_secs(seconds).div_f64(reloads as f64);
+            for i in 0..reloads {
+                let slot = start + Duration::from_secs(1) + spacing.mul_f64(i as f64);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
+                let wave_before = notes_wave(&wave_conns).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut next = conf.clone();
+                match mode {
+                    "hot key" => next.greeting = format!("Hello from reload {i}"),
+                    _ => next.wait_timeout = if i.is_multiple_of(2) { "3s" } else { "2s" },
+                }
+                next.write(c, name)?;
+                let sent = Instant::now();
+                let poller = tokio::task::spawn_local(load::first_seen(
+                    addr,
+                    spec.marker,
+                    generation + 1,
+                    sent,
+                    Duration::from_secs(5),
+                ));
+                let reply = admin_conn.post("/admin/reload").await?;
+                let answered = Instant::now();
+                let wave_after = notes_wave(&wave_conns).await;
+                let visible_ms = poller.await.unwrap_or(None);
+                let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+                if reply.status == 200 {
+                    generation = body["generation"].as_u64().unwrap_or(generation + 1);
+                }
+                events.push(ReloadEvent {
+                    sent_s: (sent - start).as_secs_f64(),
+                    answered_s: (answered - start).as_secs_f64(),
+                    latency_ms: (answered - sent).as_secs_f64() * 1000.0,
+                    visible_ms,
+                    status: reply.status,
+                    generation,
+                    took_ms: body["took_ms"].as_u64(),
+                    rebuilt: body["rebuilt"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect(),
+                    wave_before_ms: wave_before,
+                    wave_after_ms: wave_after,
+                });
+            }
+            anyhow::Ok(events)
+        })
+        .await?;
+    let (samples, oha) = load.finish().await?;
+    let rss_after = server.rss_kib()?;
+    server.stop(Duration::from_secs(3));
+
+    let windows: Vec<(f64, f64)> = events.iter().map(|e| (e.sent_s, e.answered_s)).collect();
+    let (p99_in, p99_out, in_samples) = load::p99_in_out(&samples, &windows);
+    let answered: Vec<(f64, u64)> = events
+        .iter()
+        .filter(|e| e.status == 200)
+        .map(|e| (e.answered_s, e.generation))
+        .collect();
+    for e in events.iter_mut().filter(|e| e.status == 200) {
+        e.visible_ms = load::visible_ms(&samples, e.generation, e.sent_s, e.visible_ms);
+    }
+    let ok_events: Vec<&ReloadEvent> = events.iter().filter(|e| e.status == 200).collect();
+    let latencies: Vec<f64> = ok_events.iter().map(|e| e.latency_ms).collect();
+    let visible: Vec<f64> = ok_events.iter().filter_map(|e| e.visible_ms).collect();
+    let before: Vec<f64> = events
+        .iter()
+        .flat_map(|e| e.wave_before_ms.clone())
+        .collect();
+    let after: Vec<f64> = events
+        .iter()
+        .flat_map(|e| e.wave_after_ms.clone())
+        .collect();
+    Ok(ReloadRun {
+        mode,
+        round,
+        target_rate: rate,
+        probe_requests: samples.len(),
+        probe_failed: samples.iter().filter(|s| !s.ok).count(),
+        probe_stale_after_answer: load::stale_after_answer(&samples, &answered),
+        probe_generation_went_back: load::went_back(&samples),
+        probe_p99_in_ms: p99_in,
+        probe_p99_out_ms: p99_out,
+        probe_in_samples: in_samples,
+        reloads_ok: ok_events.len(),
+        reload_latency_median_ms: quantile(&latencies, 0.5).unwrap_or(f64::NAN),
+        reload_latency_max_ms: quantile(&latencies, 1.0).unwrap_or(f64::NAN),
+        visible_median_ms: quantile(&visible, 0.5).unwrap_or(f64::NAN),
+        visible_max_ms: quantile(&visible, 1.0).unwrap_or(f64::NAN),
+        wave_before_p99_ms: quantile(&before, 0.99).unwrap_or(f64::NAN),
+        wave_after_p99_ms: quantile(&after, 0.99).unwrap_or(f64::NAN),
+        rss_kib_before: rss_before,
+        rss_kib_after: rss_after,
+        oha,
+        events,
+    })
+}
+
+/// One `GET /notes?limit=20` on each of `conns` at once; latencies in ms.
+pub(crate) async fn notes_wave(conns: &[Rc<tokio::sync::Mutex<Conn>>]) -> Vec<f64> {
+    let tasks: Vec<_> = conns
+        .iter()
+        .map(|conn| {
+            let conn = conn.clone();
+            tokio::task::spawn_local(async move {
+                let mut conn = conn.lock().await;
+                let started = Instant::now();
+                match conn.get("/notes?limit=20").await {
+                    Ok(r) if r.status == 200 => Some(started.elapsed().as_secs_f64() * 1000.0),
+                    _ => None,
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Ok(Some(ms)) = t.await {
+            out.push(ms);
+        }
+    }
+    out
+}
