@@ -49,6 +49,10 @@ enum Command {
         /// The admin token, when the server has one.
         #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// How long to wait for the answer (a reload answers once its
+        /// warm-up is done).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -56,7 +60,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Validate { config }), _) => validate(&config),
-        (Some(Command::Reload { admin, token }), _) => reload(&admin, token.as_deref()),
+        (
+            Some(Command::Reload {
+                admin,
+                token,
+                timeout,
+            }),
+            _,
+        ) => reload(&admin, token.as_deref(), timeout),
         (None, Some(config)) => serve(&config),
         (None, None) => Err(anyhow::anyhow!(
             "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"
@@ -106,13 +117,18 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(admin: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
+fn reload(
+    admin: &str,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
     let runtime = control_runtime()?;
     let (status, body) = runtime.block_on(kiln::client::request(
         axum::http::Method::POST,
         admin,
         "/admin/reload",
         token,
+        timeout,
     ))?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     if status.is_success() {

@@ -154,3 +154,30 @@ fn env_override_beats_the_file() {
     assert_eq!(server.reload().status, 200);
     assert_eq!(server.get("/").body, "from env");
 }
+
+#[test]
+fn reload_command_reaches_an_ipv6_admin_address() {
+    let server = Server::start(&Config::sqlite().set_str("admin.listen", "[::1]:0").render());
+    let admin = server.admin_addr();
+    assert!(admin.is_ipv6(), "{admin}");
+    let out =
+        util::run(util::kiln_command().args(["reload", "--admin", &format!("http://{admin}")]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("\"generation\": 2"), "{out:?}");
+}
+
+#[test]
+fn reload_command_gives_up_on_a_silent_admin_after_its_timeout() {
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().unwrap();
+    let out = util::run(util::kiln_command().args([
+        "reload",
+        "--admin",
+        &format!("http://{addr}"),
+        "--timeout",
+        "1s",
+    ]));
+    assert!(!out.status.success(), "{out:?}");
+    util::assert_error_line(&out.stderr, &["no answer from the admin API", "within 1s"]);
+}

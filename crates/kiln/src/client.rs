@@ -1,4 +1,9 @@
-//! A minimal client for the admin API, as `kiln reload` uses it.
+//! A minimal client for the admin API, as `kiln reload` uses it: one
+//! request, bounded in time, its answer as JSON. It is part of the public
+//! API so that tools embedding kiln can drive another kiln's admin API the
+//! same way the command line does.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{Method, Request, StatusCode, Uri, header};
@@ -15,6 +20,17 @@ pub enum ClientError {
         /// The URL given.
         url: String,
     },
+    /// The admin API accepted the connection but did not answer in time.
+    #[error(
+        "no answer from the admin API at {url} within {}: it may be busy (a long warm-up) or not kiln; raise --timeout to wait longer",
+        humantime::format_duration(*.timeout)
+    )]
+    Timeout {
+        /// The URL given.
+        url: String,
+        /// The limit.
+        timeout: Duration,
+    },
     /// Nothing answered, or the exchange broke.
     #[error(
         "cannot reach the admin API at {url}: {message} (is kiln running, and is admin.listen this address?)"
@@ -27,14 +43,37 @@ pub enum ClientError {
     },
 }
 
-/// Sends `method` to `base` + `path` (e.g. `http://127.0.0.1:9090` +
-/// `/admin/reload`), with a bearer token when given, and returns the status
-/// and the body as JSON (`null` when the body is not JSON).
+/// How long connecting may take: the admin API is local or near.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `method` to `base` + `path` (e.g. `http://127.0.0.1:9090` or
+/// `http://[::1]:9090` + `/admin/reload`), with a bearer token when given,
+/// and returns the status and the body as JSON (`null` when the body is not
+/// JSON). Connecting may take 5 s; the whole exchange `timeout` (a reload
+/// answers once its warm-up is done).
 ///
 /// # Errors
 ///
-/// When the URL is malformed or the admin API cannot be reached.
+/// When the URL is malformed, the admin API cannot be reached, or it does
+/// not answer within `timeout`.
 pub async fn request(
+    method: Method,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    tokio::time::timeout(timeout, exchange(method, base, path, token))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                url: base.to_owned(),
+                timeout,
+            })
+        })
+}
+
+async fn exchange(
     method: Method,
     base: &str,
     path: &str,
@@ -56,16 +95,30 @@ pub async fn request(
         url: base.to_owned(),
         message,
     };
-    let stream = tokio::net::TcpStream::connect((authority.host(), port))
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
+    // An IPv6 literal keeps its brackets in the authority, not in a socket address.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| {
+        unreachable(format!(
+            "no connection within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|e| unreachable(e.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
-        .uri(format!("{}{path}", base.trim_end_matches('/')))
+        .uri(format!("{}{path}", uri.path().trim_end_matches('/')))
         .header(header::HOST, authority.as_str());
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
