@@ -1,3 +1,4 @@
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use config::{Environment, File, FileFormat};
@@ -7,7 +8,10 @@ use crate::{AppConfig, Config, ConfigError, ErrorKind};
 
 /// A configuration as loaded: the typed document, the merged source it came
 /// from (file plus environment, before defaults), the file's path and text.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` shows the typed document (secrets as `***`) and the path,
+/// never `raw` or `text`.
+#[derive(Clone)]
 pub struct Loaded<A> {
     /// The typed, validated document.
     pub config: Config<A>,
@@ -18,6 +22,16 @@ pub struct Loaded<A> {
     pub source: PathBuf,
     /// The file's text, exactly as read (secrets included: never print it).
     pub text: String,
+}
+
+impl<A: fmt::Debug> fmt::Debug for Loaded<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `raw` and `text` hold secrets in clear: never shown.
+        f.debug_struct("Loaded")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads `path` (TOML, YAML or JSON by extension), applies
@@ -219,6 +233,57 @@ mod tests {
         let err = load_text("[server]\nheader_read_timeout = 30\n").unwrap_err();
         assert_eq!(err.key(), Some("server.header_read_timeout"), "{err}");
         assert!(err.to_string().contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let loaded = load_text(
+            "[admin]\ntoken = \"tok-debug-secret\"\n[pools.main]\nkind = \"postgres\"\nurl = \"host=db password='pw debug' user=k\"\n",
+        )
+        .unwrap();
+        let printed = format!("{loaded:?}");
+        for secret in ["tok-debug-secret", "pw", "debug'"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("deploy.toml"), "{printed}");
+    }
+
+    #[test]
+    fn admin_origins_and_hosts_are_checked() {
+        let loaded = load_text(
+            "[admin]\nallowed_origins = [\"https://ops.example\", \"http://127.0.0.1:3000\"]\nallowed_hosts = [\"kiln.internal\", \"[fd00::1]\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.config.admin.allowed_hosts,
+            ["kiln.internal", "[fd00::1]"]
+        );
+        for (text, key) in [
+            (
+                "allowed_origins = [\"ops.example\"]",
+                "admin.allowed_origins[0]",
+            ),
+            (
+                "allowed_origins = [\"https://ops.example/\"]",
+                "admin.allowed_origins[0]",
+            ),
+            (
+                "allowed_origins = [\"https://a.example\", \"https://\"]",
+                "admin.allowed_origins[1]",
+            ),
+            (
+                "allowed_hosts = [\"kiln.internal:9090\"]",
+                "admin.allowed_hosts[0]",
+            ),
+            (
+                "allowed_hosts = [\"http://kiln.internal\"]",
+                "admin.allowed_hosts[0]",
+            ),
+            ("allowed_hosts = [\"\"]", "admin.allowed_hosts[0]"),
+        ] {
+            let err = load_text(&format!("[admin]\n{text}\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,17 +1,25 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// Replaces the file at `path` with `text` atomically: a temporary file in
-/// the same folder is written, synced, given the old file's permissions and
-/// renamed over it, then the folder is synced. Readers see the old text or
-/// the new, never a mix; a failure leaves the old file as it was.
+/// the same folder (a random name, created exclusively with mode 0600, so a
+/// link planted in its place is never followed) is given the old file's
+/// mode, owner and group before the first byte is written, then written,
+/// synced and renamed over the old file; then the folder is synced.
+/// Readers see the old text or the new, never a mix.
 ///
 /// A symbolic link is followed: its target is replaced, the link kept.
+/// Owner and group are kept where the process may set them (as root, or a
+/// group the process belongs to); otherwise the new file belongs to the
+/// process.
 ///
 /// # Errors
 ///
-/// Any I/O error; the original file is then untouched.
+/// Any I/O error. Before the rename the old file is untouched. If only the
+/// final sync of the folder fails, the new text is already in place (it
+/// may not survive a crash); the error says so.
 pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     let target = fs::canonicalize(path)?;
     let folder = target.parent().unwrap_or(Path::new("."));
@@ -19,25 +27,112 @@ pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temporary = folder.join(format!(".{name}.kiln-{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.set_permissions(fs::metadata(&target)?.permissions())?;
-        file.sync_all()?;
-        fs::rename(&temporary, &target)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-        return written;
+    let old = fs::metadata(&target)?;
+    let mut temporary = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".kiln.tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(folder)?;
+    let file = temporary.as_file();
+    keep_owner(file, &old)?;
+    // After the owner: a chown by a non-root process may clear mode bits.
+    file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    temporary.write_all(text.as_bytes())?;
+    temporary.as_file().sync_all()?;
+    // On failure the temporary file is removed when the error drops it.
+    temporary.persist(&target).map_err(|e| e.error)?;
+    File::open(folder)?.sync_all().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the new text is in place but syncing its folder {} failed, so it may not survive a crash: {e}",
+                folder.display()
+            ),
+        )
+    })
+}
+
+/// Gives `file` the owner and group of `old`: both as root, else the group
+/// alone when the process belongs to it, else nothing (the new file keeps
+/// the process's own).
+fn keep_owner(file: &File, old: &fs::Metadata) -> io::Result<()> {
+    let not_permitted = |e: &io::Error| e.kind() == io::ErrorKind::PermissionDenied;
+    match std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid())) {
+        Err(e) if not_permitted(&e) => {
+            match std::os::unix::fs::fchown(file, None, Some(old.gid())) {
+                Err(e) if not_permitted(&e) => Ok(()),
+                other => other,
+            }
+        }
+        other => other,
     }
-    File::open(folder)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_link_planted_at_a_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let config = dir.path().join("deploy.toml");
+        fs::write(&config, "a = 1\n").unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        // Links at the names a writer might pick: today's and earlier ones.
+        let planted = [
+            format!(".deploy.toml.kiln-{}.tmp", std::process::id()),
+            ".deploy.toml.tmp".to_owned(),
+            "deploy.toml.tmp".to_owned(),
+        ];
+        for name in &planted {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+
+        write_atomic(&config, "a = 2\n").unwrap();
+
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(
+            !fs::symlink_metadata(&config)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(&config).unwrap(), "a = 2\n");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1 + planted.len(),
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn keeps_owner_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("deploy.toml");
+        fs::write(&config, "a = 1\n").unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+        let me = fs::metadata(&config).unwrap();
+        // As root (the test container) the file goes to another user and
+        // group; otherwise it stays the process's own, which is still kept.
+        let (uid, gid) = match std::os::unix::fs::chown(&config, Some(4321), Some(8765)) {
+            Ok(()) => (4321, 8765),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("not root: checking that the process's own owner is kept");
+                (me.uid(), me.gid())
+            }
+            Err(e) => panic!("chown: {e}"),
+        };
+
+        write_atomic(&config, "a = 2\n").unwrap();
+
+        let after = fs::metadata(&config).unwrap();
+        assert_eq!((after.uid(), after.gid()), (uid, gid));
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&config).unwrap(), "a = 2\n");
+    }
 
     #[test]
     fn replaces_text_keeps_permissions_and_links() {

@@ -94,6 +94,7 @@ impl<A: AppConfig> Config<A> {
                 "none",
             ));
         }
+        self.admin.validate()?;
         if self.reload.history == 0 {
             return Err(Invalid::new("reload.history", "an integer ≥ 1", 0));
         }
@@ -188,6 +189,15 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token every admin route requires, when set.
     pub token: Option<Secret>,
+    /// Web origins (`https://ops.example.com`) whose pages may call the admin
+    /// API; a request carrying any other `Origin` is refused with 403.
+    pub allowed_origins: Vec<String>,
+    /// Host names or IPs (without port; IPv6 in brackets) the admin API
+    /// answers to besides its own
+    /// address, `localhost` and loopback IPs; any other `Host` is refused
+    /// with 403 (DNS rebinding). On a non-loopback `admin.listen`, where a
+    /// token is required, an empty list means any host.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -195,7 +205,40 @@ impl Default for AdminConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: None,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if !host.is_some_and(|host| !host.is_empty() && !host.contains(['/', '?', '#', ' '])) {
+                return Err(Invalid::new(
+                    format!("admin.allowed_origins[{i}]"),
+                    "an origin such as \"https://ops.example.com\" (scheme and host, optional port, no path)",
+                    format!("{origin:?}"),
+                ));
+            }
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            if host.is_empty()
+                || host.contains(['/', ' ', '@'])
+                || (host.contains(':') && !bracketed)
+            {
+                return Err(Invalid::new(
+                    format!("admin.allowed_hosts[{i}]"),
+                    "a host name such as \"kiln-admin.internal\" or an IP (IPv6 in brackets), without scheme, port or path",
+                    format!("{host:?}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
