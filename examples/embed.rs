@@ -6,14 +6,20 @@
 //! kiln's admin API at `/ops`. It also reads the live configuration outside
 //! requests, reacts to new generations, and reloads from code.
 //!
+//! The admin API shares the app's listener, which may be public, so its
+//! changes need `admin.token`: without one they answer 403 (see
+//! `Kiln::admin_router`). Give it from the environment, not the file.
+//!
 //! ```sh
+//! export KILN__ADMIN__TOKEN=$(openssl rand -hex 16)
 //! cargo run --example embed                      # examples/embed.toml on 127.0.0.1:3000
 //! cargo run --example embed -- my.toml 127.0.0.1:4000
 //!
 //! curl 127.0.0.1:3000/                           # the app's own route
 //! curl 127.0.0.1:3000/api                        # kiln's app: the greeting from the config
 //! sed -i 's/Hello/Howdy/' examples/embed.toml
-//! curl -X POST 127.0.0.1:3000/ops/reload         # kiln's admin API, nested
+//! curl -X POST -H "Authorization: Bearer $KILN__ADMIN__TOKEN" \
+//!     127.0.0.1:3000/ops/reload                  # kiln's admin API, nested
 //! curl -X POST 127.0.0.1:3000/deploy-hook        # or a reload from the app's own code
 //! curl 127.0.0.1:3000/api                        # the new greeting
 //! ```
@@ -101,11 +107,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         "ready: own routes at /, kiln at /api, kiln's admin API at /ops; listening on {addr}, admin on {addr}"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // With the client's address, which kiln's audit log and history record.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 

@@ -1,12 +1,22 @@
-//! Admin auth and secrets: with a token every admin route needs the exact
-//! bearer token; secrets never show in answers or logs.
+//! Admin auth and secrets: the browser guard (Origin, Sec-Fetch-Site, Host)
+//! before anything; with a token every admin route needs the exact bearer
+//! token, failures share one budget; embedded without a token, changes are
+//! refused; every change is audited; secrets never show in answers or logs.
 
-use serde_json::json;
+use std::time::Duration;
 
-use crate::util::{self, Config, Server};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::routing::get;
+use kiln::{App, Generation, Kiln};
+use serde_json::{Value, json};
 
-const ROUTES: [(&str, &str); 3] = [
+use crate::util::{self, Config, Greeting, Reply, Server, Site, send};
+
+const ROUTES: [(&str, &str); 4] = [
     ("GET", "/admin/status"),
+    ("GET", "/admin/history"),
     ("GET", "/admin/config"),
     ("POST", "/admin/reload"),
 ];
@@ -26,13 +36,21 @@ fn env_token_guards_every_admin_route() {
     for (method, path) in ROUTES {
         for auth in &wrong {
             let reply = server.admin_call(method, path, auth.as_deref());
-            assert_eq!(
-                reply.status, 401,
+            // 429 once the failures have spent their budget: refused too.
+            assert!(
+                [401, 429].contains(&reply.status),
                 "{method} {path} with {auth:?}: {reply:?}"
             );
             assert!(!reply.body.contains(token), "{reply:?}");
         }
-        let reply = server.admin_call(method, path, Some(&format!("Bearer {token}")));
+        let mut reply = None;
+        util::wait_until(Duration::from_secs(30), "the token to be accepted", || {
+            let answer = server.admin_call(method, path, Some(&format!("Bearer {token}")));
+            let accepted = answer.status != 429;
+            reply = Some(answer);
+            accepted
+        });
+        let reply = reply.expect("called at least once");
         assert_eq!(
             reply.status, 200,
             "{method} {path} with the token: {reply:?}"
@@ -92,4 +110,323 @@ fn database_password_is_never_shown() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(!reply.body.contains(password), "{reply:?}");
     server.assert_not_printed(password);
+}
+
+/// The error of a refused admin call: the JSON shape every admin error has.
+fn assert_forbidden(reply: &Reply, generation: u64, naming: &str) {
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let body = reply.json();
+    assert_eq!(body["generation"], json!(generation), "{reply:?}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(naming),
+        "error should name {naming}: {reply:?}"
+    );
+}
+
+#[test]
+fn cross_site_requests_and_foreign_hosts_are_refused_before_anything_runs() {
+    let server = Server::start(&Config::sqlite().greeting("one").render());
+    server
+        .site
+        .write_config(&Config::sqlite().greeting("two").render());
+    assert_eq!(server.reload().status, 200);
+    let port = server.admin_addr().port();
+    let foreign_port = format!("Host: evil.example:{port}");
+    let refused: [(&str, &str, &[&str], &str); 6] = [
+        // A web page's "simple" cross-origin POST.
+        (
+            "POST",
+            "/admin/rollback",
+            &["Origin: http://evil.example"],
+            "Origin",
+        ),
+        ("POST", "/admin/reload", &["Origin: null"], "Origin"),
+        // A browser that says the request crosses sites.
+        (
+            "POST",
+            "/admin/rollback",
+            &["Sec-Fetch-Site: cross-site"],
+            "Sec-Fetch-Site",
+        ),
+        (
+            "POST",
+            "/admin/reload",
+            &["Sec-Fetch-Site: same-site"],
+            "Sec-Fetch-Site",
+        ),
+        // DNS rebinding: the page's own name, resolved to 127.0.0.1.
+        ("POST", "/admin/rollback", &["Host: evil.example"], "Host"),
+        ("GET", "/admin/config", &[&foreign_port], "Host"),
+    ];
+    for (method, path, headers, naming) in refused {
+        let reply = server.admin_curl(method, path, headers);
+        assert_forbidden(&reply, 2, naming);
+    }
+    assert_eq!(server.status_generation(), 2, "nothing was rolled back");
+    assert!(server.history_of("rollback").is_empty());
+
+    // The operator's own tools: no Origin, the listener's address or localhost.
+    let localhost = format!("Host: localhost:{port}");
+    let accepted: [&[&str]; 5] = [
+        &[],
+        &[&localhost],
+        &["Host: 127.0.0.1"],
+        &["Sec-Fetch-Site: same-origin"],
+        &["Sec-Fetch-Site: none"],
+    ];
+    for headers in accepted {
+        let reply = server.admin_curl("GET", "/admin/status", headers);
+        assert_eq!(reply.status, 200, "{headers:?}: {reply:?}");
+    }
+    let reply = server.admin_curl("POST", "/admin/reload", &[]);
+    assert_eq!(
+        reply.status, 200,
+        "plain curl -X POST still reloads: {reply:?}"
+    );
+}
+
+#[test]
+fn allowed_origins_and_hosts_let_a_named_dashboard_through() {
+    let config = Config::sqlite()
+        .set("admin.allowed_origins", r#"["https://ops.example"]"#)
+        .set("admin.allowed_hosts", r#"["kiln-admin.internal"]"#);
+    let server = Server::start(&config.render());
+    for headers in [
+        &["Origin: https://ops.example", "Sec-Fetch-Site: cross-site"][..],
+        &["Host: kiln-admin.internal"],
+        &["Host: KILN-admin.internal:8443"],
+    ] {
+        let reply = server.admin_curl("POST", "/admin/reload", headers);
+        assert_eq!(reply.status, 200, "{headers:?}: {reply:?}");
+    }
+    for (headers, naming) in [
+        (&["Origin: https://ops.example.evil"][..], "Origin"),
+        (&["Origin: http://ops.example"], "Origin"),
+        (&["Host: kiln-admin.internal.evil"], "Host"),
+    ] {
+        let reply = server.admin_curl("POST", "/admin/reload", headers);
+        assert_forbidden(&reply, 4, naming);
+    }
+}
+
+#[test]
+fn the_guard_answers_before_the_token_is_checked() {
+    let token = "tok-0c41-guard";
+    let server = Server::start_with(&Config::sqlite().render(), &[("KILN__ADMIN__TOKEN", token)]);
+    let bearer = format!("Authorization: Bearer {token}");
+    for headers in [
+        &["Origin: http://evil.example"][..],
+        &["Origin: http://evil.example", &bearer],
+    ] {
+        let reply = server.admin_curl("POST", "/admin/reload", headers);
+        assert_forbidden(&reply, 1, "Origin");
+    }
+    let reply = server.admin_curl("POST", "/admin/reload", &[&bearer]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive() {
+    let token = "tok-77aa-scheme";
+    let server = Server::start_with(&Config::sqlite().render(), &[("KILN__ADMIN__TOKEN", token)]);
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let reply = server.admin_call("GET", "/admin/status", Some(&format!("{scheme} {token}")));
+        assert_eq!(reply.status, 200, "{scheme}: {reply:?}");
+    }
+}
+
+#[test]
+fn failed_authentications_share_one_budget_then_get_429() {
+    let token = "tok-3f9e-budget";
+    let server = Server::start_with(&Config::sqlite().render(), &[("KILN__ADMIN__TOKEN", token)]);
+    let replies: Vec<Reply> = (0..60)
+        .map(|i| server.admin_call("POST", "/admin/reload", Some(&format!("Bearer guess-{i}"))))
+        .collect();
+    assert_eq!(replies[0].status, 401, "{:?}", replies[0]);
+    let limited = replies
+        .iter()
+        .find(|reply| reply.status == 429)
+        .unwrap_or_else(|| panic!("60 wrong tokens in a row and no 429: {:?}", replies.last()));
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("429 without a Retry-After in seconds: {limited:?}"));
+    assert!(retry_after >= 1, "{limited:?}");
+    assert_eq!(limited.json()["generation"], json!(1), "{limited:?}");
+    assert!(
+        replies
+            .iter()
+            .all(|reply| [401, 429].contains(&reply.status)),
+        "only 401s and 429s"
+    );
+    // The budget refills: the right token gets through again.
+    let bearer = format!("Bearer {token}");
+    util::wait_until(Duration::from_secs(30), "the budget to refill", || {
+        server
+            .admin_call("GET", "/admin/status", Some(&bearer))
+            .status
+            == 200
+    });
+    assert_eq!(server.history().len(), 0, "no guess reloaded anything");
+}
+
+#[test]
+fn every_mutation_is_audited_with_its_peer() {
+    let server = Server::start(&Config::sqlite().greeting("one").render());
+    server
+        .site
+        .write_config(&Config::sqlite().greeting("two").render());
+    assert_eq!(server.reload().status, 200);
+    assert_eq!(
+        server
+            .patch_config(&json!({"app": {"greeting": "three"}}))
+            .status,
+        200
+    );
+    assert_eq!(server.rollback().status, 200);
+    server.site.write_config("not toml [");
+    assert_eq!(server.reload().status, 422);
+    server.signal("HUP");
+    let history = {
+        let mut history = Vec::new();
+        util::wait_until(
+            Duration::from_secs(30),
+            "the SIGHUP reload in history",
+            || {
+                history = server.history();
+                history.len() == 5
+            },
+        );
+        history
+    };
+    // Newest first: signal, refused reload, rollback, patch, reload.
+    for (entry, trigger) in
+        history
+            .iter()
+            .zip(["signal", "http-reload", "rollback", "patch", "http-reload"])
+    {
+        assert_eq!(entry["trigger"], trigger, "{entry}");
+        if trigger == "signal" {
+            assert_eq!(entry["peer"], Value::Null, "{entry}");
+        } else {
+            let peer = entry["peer"].as_str().unwrap_or_default();
+            assert!(peer.starts_with("127.0.0.1:"), "{entry}");
+        }
+    }
+    let log = server.stderr.text();
+    for needle in [
+        "trigger=patch peer=127.0.0.1:",
+        "trigger=rollback peer=127.0.0.1:",
+        "trigger=http-reload peer=127.0.0.1:",
+    ] {
+        assert!(log.contains(needle), "no audit line with {needle}: {log}");
+    }
+    assert!(
+        log.lines()
+            .any(|line| line.contains("trigger=patch") && line.contains("app.greeting")),
+        "the patch's log line names the keys it changed: {log}"
+    );
+}
+
+/// The smallest app to embed: its greeting at `/`.
+struct Hello;
+
+impl App for Hello {
+    type Config = Greeting;
+
+    fn router(&self, generation: &Generation<Greeting>) -> Router {
+        let greeting = generation.app().greeting.clone();
+        Router::new().route("/", get(move || async move { greeting }))
+    }
+}
+
+/// `method path` for an in-process router, with a JSON body for changes.
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = if method == "GET" { "" } else { "{}" };
+    request
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .expect("a valid request")
+}
+
+async fn start_embedded(config: &Config) -> (Site, Kiln<Hello>) {
+    let site = Site::new(&config.render());
+    let loaded = kiln::load_config(&site.config_path()).expect("a valid config");
+    let kiln = Kiln::start(Hello, loaded).await.expect("kiln starts");
+    (site, kiln)
+}
+
+#[tokio::test]
+async fn embedded_admin_refuses_changes_without_a_token_unless_opted_out() {
+    let (site, kiln) = start_embedded(&Config::sqlite().greeting("one")).await;
+    let admin = kiln.admin_router();
+    for (method, path) in [
+        ("POST", "/reload"),
+        ("POST", "/rollback"),
+        ("PATCH", "/config"),
+    ] {
+        let reply = send(&admin, request(method, path, &[])).await;
+        assert_forbidden(&reply, 1, "admin.token");
+        assert!(
+            reply.body.contains("admin_router_unauthenticated"),
+            "{reply:?}"
+        );
+    }
+    for path in ["/status", "/config", "/history"] {
+        let reply = send(&admin, request("GET", path, &[])).await;
+        assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
+    }
+    assert!(kiln.history().is_empty(), "nothing was attempted");
+
+    // Opted out in code: changes are served, the browser guard still holds,
+    // and the embedder's host names are not second-guessed.
+    let open = kiln.admin_router_unauthenticated();
+    let reply = send(
+        &open,
+        request("POST", "/reload", &[("origin", "http://evil.example")]),
+    )
+    .await;
+    assert_forbidden(&reply, 1, "Origin");
+    site.write_config(&Config::sqlite().greeting("two").render());
+    let reply = send(
+        &open,
+        request("POST", "/reload", &[("host", "app.example")]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(kiln.current().id(), 2);
+    assert_eq!(kiln.history()[0].peer, None, "no client address in-process");
+}
+
+#[tokio::test]
+async fn embedded_admin_with_a_token_serves_its_holder_and_named_hosts() {
+    let token = "tok-e3d2-embedded";
+    let config = Config::sqlite()
+        .set_str("admin.token", token)
+        .set("admin.allowed_hosts", r#"["app.example"]"#);
+    let (_site, kiln) = start_embedded(&config).await;
+    let admin = kiln.admin_router();
+    let bearer = format!("Bearer {token}");
+    let reply = send(&admin, request("POST", "/reload", &[])).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let reply = send(
+        &admin,
+        request("POST", "/reload", &[("authorization", &bearer)]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    for (host, status) in [
+        ("app.example", 200),
+        ("localhost:3000", 200),
+        ("other.example", 403),
+    ] {
+        let headers = [("authorization", bearer.as_str()), ("host", host)];
+        let reply = send(&admin, request("GET", "/status", &headers)).await;
+        assert_eq!(reply.status, status, "Host {host}: {reply:?}");
+    }
 }

@@ -57,7 +57,9 @@ fn edit_and_reload(server: &Server, from: &str, to: &str) -> Vec<String> {
 fn embed_serves_its_own_routes_kiln_at_api_and_admin_at_ops() {
     let site = Site::new(&Config::sqlite().greeting("Hello, embedded").render());
     let listen = free_addr().to_string();
-    let server = Server::start_example("embed", site, &[&listen]);
+    let token = "tok-41b7-embed";
+    let server =
+        Server::start_example_with("embed", site, &[&listen], &[("KILN__ADMIN__TOKEN", token)]);
     let own = ok(&server, "GET", "/", None);
     assert!(
         own.contains("host app's own route") && own.contains("generation 1"),
@@ -72,16 +74,38 @@ fn embed_serves_its_own_routes_kiln_at_api_and_admin_at_ops() {
     assert_eq!(api.generation(), 1);
     assert!(ok(&server, "GET", "/api/sqlite", None).starts_with('3'));
 
-    // Reloaded through the admin API nested at /ops...
+    // Reloaded through the admin API nested at /ops, with the token...
     edit(&server, "Hello", "Howdy");
-    let outcome = ok(&server, "POST", "/ops/reload", None);
-    assert!(outcome.contains("\"generation\":2"), "{outcome}");
+    let denied = request(&server, "POST", "/ops/reload", None);
+    assert_eq!(denied.status, 401, "{denied:?}");
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let outcome = call(
+        &agent(),
+        "POST",
+        &server.url("/ops/reload"),
+        &headers,
+        Some(""),
+    )
+    .expect("the example answers");
+    assert_eq!(outcome.status, 200, "{outcome:?}");
+    assert!(outcome.body.contains("\"generation\":2"), "{outcome:?}");
     let api = server.get("/api");
     assert_eq!(
         (api.body.as_str(), api.generation()),
         ("Howdy, embedded", 2)
     );
-    assert!(ok(&server, "GET", "/ops/status", None).contains("\"generation\":2"));
+    let status = call(&agent(), "GET", &server.url("/ops/status"), &headers, None)
+        .expect("the example answers");
+    assert!(status.body.contains("\"generation\":2"), "{status:?}");
+    let history = call(&agent(), "GET", &server.url("/ops/history"), &headers, None)
+        .expect("the example answers")
+        .json();
+    let peer = history[0]["peer"].as_str().unwrap_or_default();
+    assert!(
+        peer.starts_with("127.0.0.1:"),
+        "the client's address is recorded: {history}"
+    );
     // ...and from the app's own code.
     let hook = ok(&server, "POST", "/deploy-hook", None);
     assert!(hook.contains("\"generation\":3"), "{hook}");
@@ -92,6 +116,29 @@ fn embed_serves_its_own_routes_kiln_at_api_and_admin_at_ops() {
         "{}",
         server.stderr.text()
     );
+}
+
+#[test]
+fn embed_without_a_token_refuses_admin_changes_and_says_why() {
+    let site = Site::new(&Config::sqlite().greeting("Hello, embedded").render());
+    let listen = free_addr().to_string();
+    let server = Server::start_example("embed", site, &[&listen]);
+    let warning = "Embedded admin API without admin.token";
+    assert!(
+        server.stderr.text().contains(warning),
+        "{}",
+        server.stderr.text()
+    );
+    let reply = request(&server, "POST", "/ops/reload", None);
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admin.token"),
+        "{reply:?}"
+    );
+    assert_eq!(server.get("/api").generation(), 1, "nothing was reloaded");
 }
 
 #[test]

@@ -475,6 +475,12 @@ impl Server {
         ))
     }
 
+    /// `curl -X method` on the admin listener with extra `-H` headers (a real
+    /// client that sends exactly the `Host` and `Origin` it is given).
+    pub(crate) fn admin_curl(&self, method: &str, path: &str, headers: &[&str]) -> Reply {
+        curl(method, &self.admin_url(path), headers)
+    }
+
     /// An admin call authorised with the token the server was started with.
     fn admin(&self, method: &str, path: &str) -> Reply {
         let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
@@ -622,6 +628,40 @@ pub(crate) fn call(
         headers: response.headers().clone(),
         body: response.body_mut().read_to_string()?,
     })
+}
+
+/// One request with `curl`, headers given as `Name: value`; the reply's
+/// headers and body are read from curl's output.
+pub(crate) fn curl(method: &str, url: &str, headers: &[&str]) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-D", "-", "-X", method, url]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd.output().expect("run curl");
+    assert!(out.status.success(), "curl {method} {url}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("curl printed UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let mut map = ureq::http::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            map.append(
+                ureq::http::HeaderName::try_from(name.trim()).expect("a header name"),
+                ureq::http::HeaderValue::try_from(value.trim()).expect("a header value"),
+            );
+        }
+    }
+    Reply {
+        status,
+        headers: map,
+        body: body.to_owned(),
+    }
 }
 
 fn expect_reply(result: Result<Reply, ureq::Error>) -> Reply {
@@ -1292,12 +1332,23 @@ impl Server {
     /// Runs example `name` with `site`'s config file, then `args`, and waits
     /// for its `ready:` line.
     pub(crate) fn start_example(name: &str, site: Site, args: &[&str]) -> Server {
+        Server::start_example_with(name, site, args, &[])
+    }
+
+    /// Like [`Server::start_example`], with extra environment variables.
+    pub(crate) fn start_example_with(
+        name: &str,
+        site: Site,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut cmd = Command::new(example_path(name));
         cmd.current_dir(site.cwd())
             .arg(site.config_path())
             .args(args)
             // No inherited `KILN__*` overrides or `RUST_LOG`.
             .env_clear()
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1311,7 +1362,10 @@ impl Server {
             stderr,
             stdout,
             addrs: None,
-            token: None,
+            token: env
+                .iter()
+                .find(|(k, _)| *k == "KILN__ADMIN__TOKEN")
+                .map(|(_, v)| v.to_string()),
             agent: agent(),
         };
         server.wait_ready();

@@ -2,6 +2,8 @@
 //! `GET /admin/history`.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -19,12 +21,33 @@ pub struct HistoryEntry {
     pub at: String,
     /// What asked for it.
     pub trigger: Trigger,
+    /// The address of the admin client that asked, when known (`None` for
+    /// a signal, the watch, code, or an embedder's listener that does not
+    /// record client addresses).
+    pub peer: Option<SocketAddr>,
     /// Key paths it changed.
     pub changed: Vec<String>,
     /// Resources it built anew.
     pub rebuilt: Vec<String>,
     /// Why it was refused.
     pub error: Option<String>,
+}
+
+tokio::task_local! {
+    /// The admin client a reload runs for: set around the admin handler's
+    /// call, read where the attempt is logged and recorded.
+    static PEER: Option<SocketAddr>;
+}
+
+/// Runs `reload` (a reload, patch or rollback) on behalf of `peer`, which
+/// its log line and history entry then name.
+pub(crate) async fn with_peer<F: Future>(peer: Option<SocketAddr>, reload: F) -> F::Output {
+    PEER.scope(peer, reload).await
+}
+
+/// The admin client the running reload is for, if any.
+pub(crate) fn peer() -> Option<SocketAddr> {
+    PEER.try_with(|peer| *peer).ok().flatten()
 }
 
 /// The last attempts, newest last, at most `reload.history` of them.
@@ -35,6 +58,7 @@ impl History {
     pub(crate) fn record(
         &self,
         trigger: Trigger,
+        peer: Option<SocketAddr>,
         result: &Result<ReloadOutcome, ReloadError>,
         capacity: usize,
     ) {
@@ -44,6 +68,7 @@ impl History {
                 generation: Some(outcome.generation),
                 at,
                 trigger,
+                peer,
                 changed: outcome.changed.clone(),
                 rebuilt: outcome.rebuilt.clone(),
                 error: None,
@@ -52,6 +77,7 @@ impl History {
                 generation: None,
                 at,
                 trigger,
+                peer,
                 changed: Vec::new(),
                 rebuilt: Vec::new(),
                 error: Some(e.to_string()),

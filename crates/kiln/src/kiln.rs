@@ -185,10 +185,39 @@ impl<A: App> Kiln<A> {
         Ok(Router::new().fallback_service(worker.service()))
     }
 
-    /// The admin API (`/reload`, `/status`, `/config`) as a `Router` to nest
-    /// where the application chooses, e.g. `.nest("/admin", kiln.admin_router())`.
+    /// The admin API (`/reload`, `/rollback`, `/history`, `/status`,
+    /// `/config`) as a `Router` to nest where the application chooses, e.g.
+    /// `.nest("/admin", kiln.admin_router())`.
+    ///
+    /// It may end up on a public listener, so its changes (`POST`, `PATCH`)
+    /// need `admin.token`: without one they answer `403` with a JSON error
+    /// saying so, and a warning is logged here. Requests a web page could
+    /// send are refused as on kiln's own admin listener (an `Origin` not in
+    /// `admin.allowed_origins`, `Sec-Fetch-Site: cross-site`); the `Host` is
+    /// checked only when `admin.allowed_hosts` is set, since kiln cannot know
+    /// the embedder's names. Serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` for the
+    /// client's address to appear in the audit log and history.
     pub fn admin_router(&self) -> Router {
-        crate::admin::router(self.clone())
+        crate::admin::router(
+            self.clone(),
+            crate::admin::Mount::Embedded {
+                unauthenticated: false,
+            },
+        )
+    }
+
+    /// Like [`admin_router`](Self::admin_router), but serving changes
+    /// without a token when `admin.token` is unset: for a router that only
+    /// something authenticating (a proxy, the app's own middleware) or a
+    /// loopback-only listener can reach. Logs a warning.
+    pub fn admin_router_unauthenticated(&self) -> Router {
+        crate::admin::router(
+            self.clone(),
+            crate::admin::Mount::Embedded {
+                unauthenticated: true,
+            },
+        )
     }
 
     /// A report on the current generation, the workers and the pools.

@@ -157,9 +157,11 @@ impl<A: App> Kiln<A> {
         choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let result = self.apply_serialized(choose).await;
+        let peer = crate::history::peer();
         match &result {
             Ok(outcome) => tracing::info!(
                 %trigger,
+                peer = peer.map(tracing::field::display),
                 generation = outcome.generation,
                 changed = ?outcome.changed,
                 rebuilt = ?outcome.rebuilt,
@@ -167,11 +169,11 @@ impl<A: App> Kiln<A> {
                 "Reloaded"
             ),
             Err(e) => {
-                tracing::error!(%trigger, error = %e, "Reload refused; the current generation keeps serving")
+                tracing::error!(%trigger, peer = peer.map(tracing::field::display), error = %e, "Reload refused; the current generation keeps serving")
             }
         }
         let capacity = self.current().config().reload.history;
-        self.shared.history.record(trigger, &result, capacity);
+        self.shared.history.record(trigger, peer, &result, capacity);
         result
     }
 

@@ -122,7 +122,12 @@ pub(crate) async fn serve_with<A: App>(
         let _ = listener_tx.send(listener);
     }
     let admin = tokio::net::TcpListener::from_std(admin).map_err(io("admin listener"))?;
-    let admin_router = axum::Router::new().nest("/admin", kiln.admin_router());
+    let admin_router = axum::Router::new()
+        .nest(
+            "/admin",
+            crate::admin::router(kiln.clone(), crate::admin::Mount::Listener(admin_addr)),
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
     let mut admin_stopped = stopped.clone();
     let admin_task = tokio::spawn(async move {
         let shutdown = async move {
