@@ -62,7 +62,7 @@
 //! let app = Router::new()
 //!     .route("/", get(|| async { "the app's own route" }))
 //!     .nest("/api", kiln.router().await?) // each request on the current generation
-//!     .nest("/ops", kiln.admin_router()); // /ops/reload, /ops/status, /ops/config
+//!     .nest("/ops", kiln.admin_router()); // /ops/reload, /ops/status, /ops/config (changes need admin.token)
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(())
