@@ -76,7 +76,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once: a driver's message often repeats its cause.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", kiln::ErrorChain(e));
             ExitCode::FAILURE
         }
     }

@@ -4,15 +4,18 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use kiln::resources::deadpool_postgres::tokio_postgres::types::ToSql;
-use kiln::resources::deadpool_sqlite::rusqlite::{self, OptionalExtension};
-use kiln::{App, AppConfig, BoxError, Generation, Pool};
+use kiln::resources::deadpool_postgres::{self, tokio_postgres};
+use kiln::resources::deadpool_sqlite::{self, rusqlite};
+use kiln::{App, AppConfig, BoxError, ErrorChain, Generation, Pool};
+use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 /// The pool the notes live in.
 const POOL: &str = "main";
@@ -78,9 +81,11 @@ impl App for Notes {
     }
 
     fn router(&self, generation: &Generation<NotesConfig>) -> Router {
+        let wait = generation.config().pools[POOL].wait_timeout;
         let state = NotesState {
             greeting: Bytes::from(generation.app().greeting.clone()),
             pool: generation.pool(POOL).cloned().expect("checked in prepare"),
+            retry_after: wait.as_secs().max(1),
         };
         Router::new()
             .route("/", get(greeting))
@@ -94,6 +99,9 @@ impl App for Notes {
 struct NotesState {
     greeting: Bytes,
     pool: Pool,
+    /// Seconds a client should wait before retrying after a database
+    /// outage answer: the pool's `wait_timeout`, at least 1.
+    retry_after: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,7 +139,9 @@ async fn create_note(
             format!("text: expected 1 to {MAX_TEXT} characters, found {length}"),
         ));
     }
-    let note = insert(&state.pool, text).await?;
+    let note = insert(&state.pool, text)
+        .await
+        .map_err(|e| e.answer(state.retry_after))?;
     Ok((StatusCode::CREATED, Json(note)))
 }
 
@@ -140,7 +150,10 @@ async fn get_note(
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<Note>, ApiError> {
     let Path(id) = id?;
-    match fetch(&state.pool, id).await? {
+    match fetch(&state.pool, id)
+        .await
+        .map_err(|e| e.answer(state.retry_after))?
+    {
         Some(note) => Ok(Json(note)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -155,12 +168,15 @@ async fn list_notes(
 ) -> Result<Json<Vec<Note>>, ApiError> {
     let Query(params) = params?;
     let limit = params.limit.unwrap_or(20).min(100);
-    Ok(Json(list(&state.pool, limit).await?))
+    let notes = list(&state.pool, limit)
+        .await
+        .map_err(|e| e.answer(state.retry_after))?;
+    Ok(Json(notes))
 }
 
 // === storage, on SQLite or PostgreSQL ===
 
-async fn insert(pool: &Pool, text: String) -> Result<Note, ApiError> {
+async fn insert(pool: &Pool, text: String) -> Result<Note, DbError> {
     match pool {
         Pool::Sqlite(pool) => {
             sqlite(pool, move |conn| {
@@ -181,13 +197,13 @@ async fn insert(pool: &Pool, text: String) -> Result<Note, ApiError> {
             .await?;
             inserted
                 .pop()
-                .ok_or_else(|| ApiError::database("INSERT returned no row"))
+                .ok_or_else(|| DbError::Query("INSERT returned no row".into()))
         }
-        _ => Err(ApiError::unsupported()),
+        _ => Err(DbError::Unsupported),
     }
 }
 
-async fn fetch(pool: &Pool, id: i64) -> Result<Option<Note>, ApiError> {
+async fn fetch(pool: &Pool, id: i64) -> Result<Option<Note>, DbError> {
     match pool {
         Pool::Sqlite(pool) => {
             sqlite(pool, move |conn| {
@@ -203,11 +219,11 @@ async fn fetch(pool: &Pool, id: i64) -> Result<Option<Note>, ApiError> {
                     .pop(),
             )
         }
-        _ => Err(ApiError::unsupported()),
+        _ => Err(DbError::Unsupported),
     }
 }
 
-async fn list(pool: &Pool, limit: u32) -> Result<Vec<Note>, ApiError> {
+async fn list(pool: &Pool, limit: u32) -> Result<Vec<Note>, DbError> {
     match pool {
         Pool::Sqlite(pool) => {
             sqlite(pool, move |conn| {
@@ -225,7 +241,7 @@ async fn list(pool: &Pool, limit: u32) -> Result<Vec<Note>, ApiError> {
             )
             .await
         }
-        _ => Err(ApiError::unsupported()),
+        _ => Err(DbError::Unsupported),
     }
 }
 
@@ -239,19 +255,22 @@ fn note_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Note> {
 /// Runs `sql` (cached as a prepared statement per connection) on a pooled
 /// PostgreSQL connection; every notes query returns `(id, text)` rows.
 async fn postgres(
-    pool: &kiln::resources::deadpool_postgres::Pool,
+    pool: &deadpool_postgres::Pool,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Note>, ApiError> {
-    let client = pool.get().await.map_err(ApiError::database)?;
+) -> Result<Vec<Note>, DbError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| DbError::Unavailable(e.into()))?;
     let statement = client
         .prepare_cached(sql)
         .await
-        .map_err(ApiError::database)?;
+        .map_err(DbError::postgres)?;
     let rows = client
         .query(&statement, params)
         .await
-        .map_err(ApiError::database)?;
+        .map_err(DbError::postgres)?;
     Ok(rows
         .iter()
         .map(|row| Note {
@@ -263,47 +282,114 @@ async fn postgres(
 
 /// Runs `query` on a pooled SQLite connection (on the blocking pool).
 async fn sqlite<T: Send + 'static>(
-    pool: &kiln::resources::deadpool_sqlite::Pool,
+    pool: &deadpool_sqlite::Pool,
     query: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    let conn = pool.get().await.map_err(ApiError::database)?;
+) -> Result<T, DbError> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| DbError::Unavailable(e.into()))?;
     conn.interact(query)
         .await
-        .map_err(ApiError::database)?
-        .map_err(ApiError::database)
+        .map_err(|e| DbError::Query(e.to_string().into()))?
+        .map_err(|e| match e.sqlite_error_code() {
+            // Another writer held the database past busy_timeout.
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                DbError::Unavailable(e.into())
+            }
+            _ => DbError::Query(e.into()),
+        })
 }
 
-/// An error answer: a status and `{"error": "..."}`.
+/// Why a query failed, as the handlers tell clients apart: the database is
+/// away or overloaded (worth a retry), or the query itself failed (a bug).
+#[derive(Debug)]
+enum DbError {
+    /// No connection within `wait_timeout` (deadpool's `PoolError`:
+    /// `Timeout` or `Backend`), a connection lost mid-query, or a statement
+    /// cancelled by `statement_timeout` or a server shutdown.
+    Unavailable(BoxError),
+    /// The query failed for another reason.
+    Query(BoxError),
+    /// Pool `main` is of a kind the demo does not support.
+    Unsupported,
+}
+
+impl DbError {
+    fn postgres(error: tokio_postgres::Error) -> Self {
+        let retryable = match error.code() {
+            // No server error: the connection broke or timed out.
+            None => true,
+            Some(code) => {
+                code.code().starts_with("08") // connection exception
+                    || [SqlState::QUERY_CANCELED, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS].contains(code)
+            }
+        };
+        if retryable {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Query(error.into())
+        }
+    }
+
+    /// The answer for a client: 503 with `Retry-After` when the database is
+    /// unavailable, 500 otherwise; never the driver's text, which is logged
+    /// here with its causes.
+    fn answer(self, retry_after: u64) -> ApiError {
+        match self {
+            Self::Unavailable(e) => {
+                tracing::warn!(error = %ErrorChain(&*e), "Database unavailable");
+                ApiError {
+                    retry_after: Some(retry_after),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the database is unavailable; retry later".to_owned(),
+                    )
+                }
+            }
+            Self::Query(e) => {
+                tracing::error!(error = %ErrorChain(&*e), "Database query failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the database query failed; the server log has the details".to_owned(),
+                )
+            }
+            Self::Unsupported => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "pool `main` is of an unsupported kind".to_owned(),
+            ),
+        }
+    }
+}
+
+/// An error answer: a status, `{"error": "..."}`, and `Retry-After` when
+/// a retry may succeed.
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: String) -> Self {
-        Self { status, message }
-    }
-
-    fn database(error: impl std::fmt::Display) -> Self {
-        tracing::warn!(%error, "Database error");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {error}"),
-        )
-    }
-
-    fn unsupported() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "pool `main` is of an unsupported kind".to_owned(),
-        )
+        Self {
+            status,
+            message,
+            retry_after: None,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

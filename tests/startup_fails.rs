@@ -98,3 +98,27 @@ fn public_admin_without_token_refuses_to_start() {
     let stderr = refuses_to_start(&config, &[main, admin]);
     util::assert_error_line(&stderr, &["admin.token"]);
 }
+
+#[test]
+fn a_database_error_at_start_up_shows_the_servers_message() {
+    let pg = util::postgres();
+    // A role that may use the schema but not create in it: the demo's
+    // `CREATE TABLE` is refused by the server.
+    let schema = pg.name().to_owned();
+    let role = format!("{schema}_nocreate");
+    util::pg_admin(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}"
+    ));
+    let url = pg.url().replacen("postgres@", &format!("{role}@"), 1);
+    let (config, ports) = fixed_ports(Config::postgres(&url));
+    let stderr = refuses_to_start(&config, &ports);
+    drop(pg);
+    util::pg_admin(&format!("DROP ROLE IF EXISTS {role}"));
+    util::assert_error_line(
+        &stderr,
+        &["app", &format!("permission denied for schema {schema}")],
+    );
+    // The chain is printed once: no cause repeats on the line.
+    let line = stderr.lines().find(|l| l.contains("error:")).unwrap();
+    assert_eq!(line.matches("permission denied").count(), 1, "{line}");
+}

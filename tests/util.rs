@@ -802,9 +802,22 @@ impl PgSchema {
     /// The same through another `host:port` (a proxy, a closed port).
     pub(crate) fn url_at(&self, host_port: &str) -> String {
         format!(
-            "postgres://postgres@{host_port}/test?options=-csearch_path%3D{}",
+            "postgres://postgres@{host_port}/test?application_name={0}&options=-csearch_path%3D{0}",
             self.name
         )
+    }
+
+    /// The schema's name, also the `application_name` of kiln's connections.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// PostgreSQL backends serving kiln's connections to this schema now.
+    pub(crate) fn backends(&self) -> i64 {
+        pg_query_i64(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}'",
+            self.name
+        ))
     }
 
     /// The same with a password, which trust auth ignores: a secret to hunt
@@ -857,7 +870,10 @@ pub(crate) fn postgres() -> PgSchema {
 }
 
 /// A TCP proxy in front of PostgreSQL that counts connections and holds each
-/// new one for `delay` before connecting upstream.
+/// new one for `delay` before connecting upstream. [`cut`](PgProxy::cut)
+/// makes the database vanish as a failover does (open connections end, new
+/// ones are accepted and never answered); [`restore`](PgProxy::restore)
+/// brings it back.
 pub(crate) struct PgProxy {
     addr: SocketAddr,
     counts: Arc<Counts>,
@@ -869,6 +885,18 @@ struct Counts {
     accepted: AtomicUsize,
     /// Connections piped through to PostgreSQL and not closed yet.
     live: AtomicUsize,
+    /// Whether the database is cut off, and every socket that a cut ends or
+    /// a restore releases.
+    outage: Mutex<Outage>,
+}
+
+#[derive(Default)]
+struct Outage {
+    cut: bool,
+    /// Both ends of every piped connection.
+    piped: Vec<TcpStream>,
+    /// Connections accepted during a cut, held unanswered.
+    held: Vec<TcpStream>,
 }
 
 impl PgProxy {
@@ -886,6 +914,13 @@ impl PgProxy {
                 }
                 let Ok(client) = client else { continue };
                 counts2.accepted.fetch_add(1, SeqCst);
+                {
+                    let mut outage = counts2.outage.lock().unwrap();
+                    if outage.cut {
+                        outage.held.push(client);
+                        continue;
+                    }
+                }
                 let counts = counts2.clone();
                 thread::spawn(move || pipe(client, upstream, delay, &counts));
             }
@@ -906,12 +941,35 @@ impl PgProxy {
     pub(crate) fn live(&self) -> usize {
         self.counts.live.load(SeqCst)
     }
+
+    /// The database goes away: every open connection is shut down, and new
+    /// ones are accepted but never answered (a black hole, as after a
+    /// failover), until [`restore`](Self::restore).
+    pub(crate) fn cut(&self) {
+        let mut outage = self.counts.outage.lock().unwrap();
+        outage.cut = true;
+        for stream in outage.piped.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// The database comes back: the connections held during the cut are
+    /// closed and new ones reach PostgreSQL again.
+    pub(crate) fn restore(&self) {
+        let mut outage = self.counts.outage.lock().unwrap();
+        outage.cut = false;
+        for stream in outage.held.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl Drop for PgProxy {
     fn drop(&mut self) {
         self.stop.store(true, SeqCst);
         let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        self.restore();
+        self.cut();
     }
 }
 
@@ -920,6 +978,14 @@ fn pipe(client: TcpStream, upstream: SocketAddr, delay: Duration, counts: &Count
     let Ok(server) = TcpStream::connect(upstream) else {
         return; // the client sees EOF, as with a dead database
     };
+    {
+        let mut outage = counts.outage.lock().unwrap();
+        if outage.cut {
+            return; // cut while connecting: both ends close here
+        }
+        outage.piped.push(client.try_clone().unwrap());
+        outage.piped.push(server.try_clone().unwrap());
+    }
     counts.live.fetch_add(1, SeqCst);
     let (mut from_client, mut to_server) =
         (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -1001,6 +1067,24 @@ impl Drop for PgLock {
             let _ = holder.join();
         }
     }
+}
+
+/// The first column of the first row of `sql`, run on a short-lived admin
+/// connection.
+pub(crate) fn pg_query_i64(sql: &str) -> i64 {
+    pg_session(|client| async move {
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| format!("{sql}: {e:?}"))?;
+        Ok(row.get::<_, i64>(0))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `sql` as the superuser, panicking on failure.
+pub(crate) fn pg_admin(sql: &str) {
+    pg_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Runs `work` on a short-lived admin connection.

@@ -258,9 +258,18 @@ pub struct PoolConfig {
     /// defaults to `max_size`.
     #[serde(default)]
     pub warm: Option<usize>,
-    /// How long a request waits for a free connection.
+    /// How long a request waits for a free connection, opening one
+    /// included: past it, the checkout fails (the demo answers 503).
     #[serde(default = "PoolConfig::default_wait_timeout", with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// PostgreSQL only: the server cancels any statement that runs longer
+    /// (`statement_timeout`, set on every connection). Unset: no limit.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub statement_timeout: Option<Duration>,
 }
 
 impl PoolConfig {
@@ -297,6 +306,22 @@ impl PoolConfig {
         }
         if self.url.expose().trim().is_empty() {
             return Err(Invalid::new("url", "a non-empty connection string", "\"\""));
+        }
+        if let Some(timeout) = self.statement_timeout {
+            if timeout.as_millis() == 0 {
+                return Err(Invalid::new(
+                    "statement_timeout",
+                    "a duration of at least 1ms such as \"30s\", or no key for no limit",
+                    humantime::format_duration(timeout),
+                ));
+            }
+            if self.kind != PoolKind::Postgres {
+                return Err(Invalid::new(
+                    "statement_timeout",
+                    "no statement_timeout: it applies to kind = \"postgres\" only",
+                    humantime::format_duration(timeout),
+                ));
+            }
         }
         Ok(())
     }

@@ -8,9 +8,11 @@
 //! connections.
 #![deny(missing_docs)]
 
+mod health;
 mod pool;
 mod postgres;
 mod sqlite;
 
-pub use pool::{Pool, PoolStatus, Pools, ResourceError};
+pub use health::Health;
+pub use pool::{BoxError, ErrorChain, Pool, PoolStatus, Pools, ResourceError};
 pub use {deadpool_postgres, deadpool_sqlite};

@@ -1,11 +1,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use kiln_config::{PoolConfig, PoolKind};
 use serde::Serialize;
 
+use crate::health::{self, Health, Monitor};
 use crate::{postgres, sqlite};
 
 /// A connection pool of one of the supported kinds. Cloning is cheap and
@@ -19,8 +21,9 @@ pub enum Pool {
     Postgres(deadpool_postgres::Pool),
 }
 
-/// A pool's figures at one instant.
-#[derive(Clone, Copy, Debug, Serialize)]
+/// A pool's figures and health at one instant.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// The database kind.
     pub kind: PoolKind,
@@ -32,34 +35,75 @@ pub struct PoolStatus {
     pub waiting: usize,
     /// Most connections the pool may hold.
     pub max_size: usize,
+    /// Whether the database answered the pool's last connection attempt.
+    pub health: Health,
+    /// The last connection error, with its causes; kept after recovery.
+    pub last_error: Option<String>,
+    /// When `last_error` happened (RFC 3339, UTC).
+    pub last_error_at: Option<String>,
 }
 
-/// A resource (a pool) that could not be built or warmed, with its name.
+/// The error type resources keep as their cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A resource (a pool) that could not be built or warmed: its name, what
+/// failed, and the driver's error as the [`source`](std::error::Error::source)
+/// (print the chain, e.g. with [`ErrorChain`], to see the server's message).
 #[derive(Debug, thiserror::Error)]
 #[error("resource {resource}: {message}")]
+#[non_exhaustive]
 pub struct ResourceError {
     /// The resource's name, as in `[pools.NAME]`.
     pub resource: String,
-    /// What went wrong, with its causes.
+    /// What failed.
     pub message: String,
+    /// Why, when a lower layer said.
+    #[source]
+    pub source: Option<BoxError>,
 }
 
 impl ResourceError {
-    pub(crate) fn new(resource: &str, what: &str, error: &dyn std::error::Error) -> Self {
-        let mut message = format!("{what}: {error}");
-        for cause in std::iter::successors(error.source(), |cause| cause.source()) {
-            // Drivers often repeat their cause in their own message.
-            let cause = cause.to_string();
-            if !message.contains(&cause) {
-                message.push_str(": ");
-                message.push_str(&cause);
-            }
-        }
+    /// Resource `resource` failed at `message`, because of `source`.
+    pub fn new(
+        resource: impl Into<String>,
+        message: impl Into<String>,
+        source: Option<BoxError>,
+    ) -> Self {
         Self {
-            resource: resource.to_owned(),
-            message,
+            resource: resource.into(),
+            message: message.into(),
+            source,
         }
     }
+
+    pub(crate) fn caused(resource: &str, message: &str, source: impl Into<BoxError>) -> Self {
+        Self::new(resource, message, Some(source.into()))
+    }
+}
+
+/// Displays an error and its causes, `: `-separated, each once: drivers
+/// often repeat their cause in their own message (deadpool's "Error
+/// occurred while creating a new object: {cause}"), and tokio-postgres's
+/// own message is only `db error`, with the server's in its source.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        for cause in std::iter::successors(self.0.source(), |cause| cause.source()) {
+            let cause = cause.to_string();
+            if !shown.contains(&cause) {
+                shown.push_str(": ");
+                shown.push_str(&cause);
+            }
+        }
+        f.write_str(&shown)
+    }
+}
+
+/// [`ErrorChain`] as a `String`.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    ErrorChain(error).to_string()
 }
 
 // === impl Pool ===
@@ -75,9 +119,18 @@ impl Pool {
     ///
     /// When the section cannot make a pool (a malformed URL, say).
     pub fn build(name: &str, config: &PoolConfig, base_dir: &Path) -> Result<Self, ResourceError> {
+        Self::build_monitored(name, config, base_dir, Arc::default())
+    }
+
+    fn build_monitored(
+        name: &str,
+        config: &PoolConfig,
+        base_dir: &Path,
+        monitor: Arc<Monitor>,
+    ) -> Result<Self, ResourceError> {
         match config.kind {
             PoolKind::Sqlite => sqlite::build(name, config, base_dir).map(Self::Sqlite),
-            PoolKind::Postgres => postgres::build(name, config).map(Self::Postgres),
+            PoolKind::Postgres => postgres::build(name, config, monitor).map(Self::Postgres),
         }
     }
 
@@ -108,18 +161,58 @@ impl Pool {
         Ok(())
     }
 
-    /// The pool's current figures.
+    /// The pool's current figures. Its health is tracked by the [`Pools`]
+    /// that built it (see [`Pools::status`]): read on its own, a pool
+    /// reports [`Health::Ok`] and no error.
     pub fn status(&self) -> PoolStatus {
-        let (kind, status) = match self {
-            Self::Sqlite(pool) => (PoolKind::Sqlite, pool.status()),
-            Self::Postgres(pool) => (PoolKind::Postgres, pool.status()),
-        };
+        self.status_with(&Monitor::default())
+    }
+
+    fn status_with(&self, monitor: &Monitor) -> PoolStatus {
+        let figures = self.figures();
+        let (health, last_error, last_error_at) = monitor.read();
         PoolStatus {
-            kind,
-            size: status.size,
-            available: status.available,
-            waiting: status.waiting,
-            max_size: status.max_size,
+            kind: match self {
+                Self::Sqlite(_) => PoolKind::Sqlite,
+                Self::Postgres(_) => PoolKind::Postgres,
+            },
+            size: figures.size,
+            available: figures.available,
+            waiting: figures.waiting,
+            max_size: figures.max_size,
+            health,
+            last_error,
+            last_error_at,
+        }
+    }
+
+    pub(crate) fn figures(&self) -> deadpool_postgres::Status {
+        match self {
+            Self::Sqlite(pool) => pool.status(),
+            Self::Postgres(pool) => pool.status(),
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called on the pool or a clone.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Sqlite(pool) => pool.is_closed(),
+            Self::Postgres(pool) => pool.is_closed(),
+        }
+    }
+
+    /// Drops idle connections whose server side is gone (PostgreSQL; a
+    /// SQLite connection cannot lose its server).
+    pub(crate) fn drop_closed(&self) {
+        if let Self::Postgres(pool) = self {
+            drop(pool.retain(|client, _| !client.is_closed()));
+        }
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakPool {
+        match self {
+            Self::Sqlite(pool) => WeakPool::Sqlite(pool.weak()),
+            Self::Postgres(pool) => WeakPool::Postgres(pool.weak()),
         }
     }
 
@@ -153,20 +246,44 @@ impl Pool {
     }
 }
 
+/// A [`Pool`] that does not keep it open.
+pub(crate) enum WeakPool {
+    Sqlite(deadpool_sqlite::WeakPool),
+    Postgres(deadpool_postgres::WeakPool),
+}
+
+impl WeakPool {
+    pub(crate) fn upgrade(&self) -> Option<Pool> {
+        match self {
+            Self::Sqlite(weak) => weak.upgrade().map(Pool::Sqlite),
+            Self::Postgres(weak) => weak.upgrade().map(Pool::Postgres),
+        }
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Pool").field(&self.status()).finish()
     }
 }
 
-/// The named pools of one generation.
+/// The named pools of one generation, each with its health.
 #[derive(Clone, Debug, Default)]
-pub struct Pools(BTreeMap<String, Pool>);
+pub struct Pools(BTreeMap<String, Entry>);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    pool: Pool,
+    monitor: Arc<Monitor>,
+}
 
 impl Pools {
     /// Builds and warms every pool in `configs` concurrently, logging each
-    /// one's time. A pool for which `carry` returns `Some` is taken as is
-    /// (already warm) instead of being built.
+    /// one's time, and starts each new pool's top-up task: it keeps `warm`
+    /// connections open (idle or in use) when the database drops them, and
+    /// ends when the pool is closed or dropped. A pool for which `carry`
+    /// returns `Some` is taken as is (already warm, its task running)
+    /// instead of being built.
     ///
     /// # Errors
     ///
@@ -177,29 +294,31 @@ impl Pools {
         configs: &BTreeMap<String, PoolConfig>,
         base_dir: &Path,
         timeout: Duration,
-        carry: impl Fn(&str) -> Option<Pool>,
+        carry: &Pools,
     ) -> Result<Self, ResourceError> {
         let warming = configs.iter().map(|(name, config)| {
-            let carried = carry(name);
+            let carried = carry.0.get(name).cloned();
             async move {
-                if let Some(pool) = carried {
-                    return Ok((name.clone(), pool));
+                if let Some(entry) = carried {
+                    return Ok((name.clone(), entry));
                 }
                 let started = Instant::now();
-                let pool = Pool::build(name, config, base_dir)?;
+                let monitor = Arc::<Monitor>::default();
+                let pool = Pool::build_monitored(name, config, base_dir, monitor.clone())?;
                 let count = config.warm_count();
                 tracing::info!(pool = %name, kind = %config.kind, connections = count, "Warming pool");
                 match tokio::time::timeout(timeout, pool.warm(name, count)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(e),
                     Err(_) => {
-                        return Err(ResourceError {
-                            resource: name.clone(),
-                            message: format!(
+                        return Err(ResourceError::new(
+                            name.clone(),
+                            format!(
                                 "{count} connections not open within {} (server.warm_timeout)",
                                 humantime::format_duration(timeout)
                             ),
-                        });
+                            None,
+                        ));
                     }
                 }
                 tracing::info!(
@@ -208,7 +327,8 @@ impl Pools {
                     took_ms = started.elapsed().as_millis() as u64,
                     "Pool warm"
                 );
-                Ok((name.clone(), pool))
+                health::maintain(name, &pool, count, monitor.clone());
+                Ok((name.clone(), Entry { pool, monitor }))
             }
         });
         let pools = try_join_all(warming).await?;
@@ -217,12 +337,43 @@ impl Pools {
 
     /// The pool named `name`.
     pub fn get(&self, name: &str) -> Option<&Pool> {
-        self.0.get(name)
+        self.0.get(name).map(|entry| &entry.pool)
     }
 
     /// The pools and their names, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Pool)> {
-        self.0.iter().map(|(name, pool)| (name.as_str(), pool))
+        self.0
+            .iter()
+            .map(|(name, entry)| (name.as_str(), &entry.pool))
+    }
+
+    /// Each pool's figures and health, by name.
+    pub fn status(&self) -> BTreeMap<String, PoolStatus> {
+        self.0
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.pool.status_with(&entry.monitor)))
+            .collect()
+    }
+
+    /// Closes pool `name` and ends its connections now, those in use
+    /// included (their queries fail): for the pools of a generation that
+    /// was refused, which nothing may keep open.
+    pub fn terminate(&self, name: &str) {
+        if let Some(entry) = self.0.get(name) {
+            entry.pool.close();
+            entry.monitor.end_connections();
+        }
+    }
+
+    /// Keeps only the pools `keep` says yes to.
+    pub fn filter(&self, keep: impl Fn(&str) -> bool) -> Pools {
+        Pools(
+            self.0
+                .iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, entry)| (name.clone(), entry.clone()))
+                .collect(),
+        )
     }
 
     /// How many pools there are.
@@ -247,6 +398,7 @@ mod tests {
             max_size,
             warm: None,
             wait_timeout: Duration::from_secs(5),
+            statement_timeout: None,
         };
         Pool::build("main", &config, dir).expect("a SQLite pool builds")
     }

@@ -1,4 +1,6 @@
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Client, Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
@@ -8,15 +10,37 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client as PgClient, Config as PgConfig, Error, NoTls};
 
 use crate::ResourceError;
+use crate::health::Monitor;
+use crate::pool::chain;
 
-pub(crate) fn build(name: &str, config: &PoolConfig) -> Result<Pool, ResourceError> {
-    let pg_config = PgConfig::from_str(config.url.expose())
-        .map_err(|e| ResourceError::new(name, "invalid url", &e))?;
+/// TCP keepalive defaults, so that a connection to a database that vanished
+/// without a word (a failover, a black-holed network) is noticed in about
+/// `IDLE + INTERVAL × RETRIES` = 25 s instead of the kernel's two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVES_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel gives the
+/// connection up (`TCP_USER_TIMEOUT`): a query sent into a black hole fails
+/// after this, not after ~15 minutes of retransmissions.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connect may take (TCP and start-up handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn build(
+    name: &str,
+    config: &PoolConfig,
+    monitor: Arc<Monitor>,
+) -> Result<Pool, ResourceError> {
+    let pg_config = pg_config(config).map_err(|e| ResourceError::caused(name, "invalid url", e))?;
     let handle = Handle::try_current()
-        .map_err(|e| ResourceError::new(name, "no tokio runtime to drive connections", &e))?;
+        .map_err(|e| ResourceError::caused(name, "no tokio runtime to drive connections", e))?;
     let manager = Manager::from_connect(
         pg_config,
-        OnRuntime(handle),
+        OnRuntime {
+            home: handle,
+            pool: name.to_owned(),
+            monitor,
+        },
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -27,25 +51,79 @@ pub(crate) fn build(name: &str, config: &PoolConfig) -> Result<Pool, ResourceErr
         .wait_timeout(Some(config.wait_timeout))
         .create_timeout(Some(config.wait_timeout))
         .build()
-        .map_err(|e| ResourceError::new(name, "cannot build the pool", &e))
+        .map_err(|e| ResourceError::caused(name, "cannot build the pool", e))
+}
+
+/// The connection settings from the pool's URL, plus kiln's defaults for
+/// the timeouts the URL leaves out, plus `statement_timeout`.
+fn pg_config(config: &PoolConfig) -> Result<PgConfig, Error> {
+    let url = config.url.expose();
+    let mut pg = PgConfig::from_str(url)?;
+    let given = url_keys(url);
+    let unset = |key: &str| !given.iter().any(|given| given == key);
+    if unset("keepalives_idle") {
+        pg.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if unset("keepalives_interval") {
+        pg.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if unset("keepalives_retries") {
+        pg.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    if unset("tcp_user_timeout") {
+        pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if unset("connect_timeout") {
+        pg.connect_timeout(CONNECT_TIMEOUT.min(config.wait_timeout));
+    }
+    if let Some(timeout) = config.statement_timeout {
+        let setting = format!("-c statement_timeout={}", timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(options) if !options.is_empty() => format!("{options} {setting}"),
+            _ => setting,
+        };
+        pg.options(options);
+    }
+    Ok(pg)
+}
+
+/// The parameter names a libpq URL (`postgres://…?key=value&…`) or
+/// key/value string (`key=value key=value`) sets.
+fn url_keys(url: &str) -> Vec<String> {
+    let pairs: Vec<&str> = match url.split_once("://") {
+        Some((_, rest)) => rest
+            .split_once('?')
+            .map(|(_, query)| query.split('&').collect())
+            .unwrap_or_default(),
+        None => url.split_whitespace().collect(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|pair| pair.split_once('=').map(|(key, _)| key.trim().to_owned()))
+        .collect()
 }
 
 pub(crate) async fn checkout_and_ping(name: &str, pool: &Pool) -> Result<Client, ResourceError> {
     let client = pool
         .get()
         .await
-        .map_err(|e| ResourceError::new(name, "cannot open a connection", &e))?;
+        .map_err(|e| ResourceError::caused(name, "cannot open a connection", e))?;
     client
         .simple_query("SELECT 1")
         .await
-        .map_err(|e| ResourceError::new(name, "ping failed", &e))?;
+        .map_err(|e| ResourceError::caused(name, "ping failed", e))?;
     Ok(client)
 }
 
 /// Connects and drives every connection on one runtime (the one the pool was
 /// built on), so a connection opened from a worker thread does not live and
-/// die with that worker's runtime.
-struct OnRuntime(Handle);
+/// die with that worker's runtime; records each attempt's outcome in the
+/// pool's health.
+struct OnRuntime {
+    home: Handle,
+    pool: String,
+    monitor: Arc<Monitor>,
+}
 
 impl Connect for OnRuntime {
     fn connect(
@@ -54,9 +132,28 @@ impl Connect for OnRuntime {
     ) -> BoxFuture<'_, Result<(PgClient, JoinHandle<()>), Error>> {
         let pg_config = pg_config.clone();
         Box::pin(async move {
+            let connected = self.connect_at_home(pg_config).await;
+            match &connected {
+                Ok((_, task)) => {
+                    self.monitor.track(task.abort_handle());
+                    self.monitor.reachable(&self.pool);
+                }
+                Err(e) => self.monitor.unreachable(&self.pool, chain(e)),
+            }
+            connected
+        })
+    }
+}
+
+impl OnRuntime {
+    async fn connect_at_home(
+        &self,
+        pg_config: PgConfig,
+    ) -> Result<(PgClient, JoinHandle<()>), Error> {
+        {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let home_config = pg_config.clone();
-            let task = self.0.spawn(async move {
+            let task = self.home.spawn(async move {
                 match home_config.connect(NoTls).await {
                     Ok((client, connection)) => {
                         if tx.send(Ok(client)).is_ok() {
@@ -75,7 +172,7 @@ impl Connect for OnRuntime {
                     Ok((client, tokio::spawn(drive(connection))))
                 }
             }
-        })
+        }
     }
 }
 
@@ -86,6 +183,48 @@ async fn drive(
     >,
 ) {
     if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "PostgreSQL connection closed");
+        tracing::warn!(error = %chain(&e), "PostgreSQL connection closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> PoolConfig {
+        PoolConfig {
+            kind: kiln_config::PoolKind::Postgres,
+            url: url.into(),
+            max_size: 4,
+            warm: None,
+            wait_timeout: Duration::from_secs(2),
+            statement_timeout: Some(Duration::from_millis(1500)),
+        }
+    }
+
+    #[test]
+    fn timeouts_default_unless_the_url_sets_them() {
+        let pg = pg_config(&config("postgres://u@db/test?options=-csearch_path%3Ds")).unwrap();
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        // Never longer than a checkout may wait.
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(
+            pg.get_options(),
+            Some("-csearch_path=s -c statement_timeout=1500")
+        );
+
+        let url = "postgres://u@db/test?keepalives_idle=60&tcp_user_timeout=30&connect_timeout=1";
+        let pg = pg_config(&config(url)).unwrap();
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(1)));
+
+        let pg = pg_config(&config("host=db user=u keepalives_idle=7")).unwrap();
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(7));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
     }
 }

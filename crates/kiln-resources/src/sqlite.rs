@@ -18,12 +18,12 @@ pub(crate) fn build(
     let path = base_dir.join(config.url.expose());
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| {
-            ResourceError::new(name, &format!("cannot create {}", parent.display()), &e)
+            ResourceError::caused(name, &format!("cannot create {}", parent.display()), e)
         })?;
     }
     deadpool_sqlite::Config::new(path)
         .builder(Runtime::Tokio1)
-        .map_err(|e| ResourceError::new(name, "invalid configuration", &e))?
+        .map_err(|e| ResourceError::caused(name, "invalid configuration", e))?
         .max_size(config.max_size)
         .wait_timeout(Some(config.wait_timeout))
         .create_timeout(Some(config.wait_timeout))
@@ -36,17 +36,17 @@ pub(crate) fn build(
             })
         }))
         .build()
-        .map_err(|e| ResourceError::new(name, "cannot build the pool", &e))
+        .map_err(|e| ResourceError::caused(name, "cannot build the pool", e))
 }
 
 pub(crate) async fn checkout_and_ping(name: &str, pool: &Pool) -> Result<Object, ResourceError> {
     let conn = pool
         .get()
         .await
-        .map_err(|e| ResourceError::new(name, "cannot open a connection", &e))?;
+        .map_err(|e| ResourceError::caused(name, "cannot open a connection", e))?;
     conn.interact(|conn| conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0)))
         .await
-        .map_err(|e| ResourceError::new(name, "ping failed", &e))?
-        .map_err(|e| ResourceError::new(name, "ping failed", &e))?;
+        .map_err(|e| ResourceError::caused(name, "ping failed", e.to_string()))?
+        .map_err(|e| ResourceError::caused(name, "ping failed", e))?;
     Ok(conn)
 }

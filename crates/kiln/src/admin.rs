@@ -26,7 +26,7 @@ use serde_json::json;
 
 use self::budget::FailureBudget;
 use self::guard::Hosts;
-use crate::{App, Kiln, ReloadError, ReloadOutcome, Trigger};
+use crate::{App, ErrorChain, Kiln, ReloadError, ReloadOutcome, Trigger};
 
 /// Where the admin router is served.
 #[derive(Clone, Copy, Debug)]
@@ -254,7 +254,7 @@ pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
         ),
         _ => (StatusCode::SERVICE_UNAVAILABLE, None),
     };
-    let mut body = json!({"error": e.to_string(), "generation": generation});
+    let mut body = json!({"error": ErrorChain(e).to_string(), "generation": generation});
     if let Some((field, value)) = detail {
         body[field] = value;
     }

@@ -5,6 +5,8 @@ use std::time::Duration;
 use kiln_config::{ConfigError, PatchError};
 use kiln_resources::ResourceError;
 
+use crate::BoxError;
+
 /// Why kiln could not start. Nothing was bound.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,21 +38,37 @@ pub enum StartError {
 }
 
 /// Why a generation could not be built: what was not ready and why.
+///
+/// The cause is kept as the [`source`](std::error::Error::source), not in
+/// the message: print the chain ([`ErrorChain`](crate::ErrorChain), or
+/// anyhow's `{:#}`) to see, for example, the database server's message
+/// behind tokio-postgres's bare `db error`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// A pool failed to build or warm.
+    /// A pool or resource failed to build or warm.
     #[error(transparent)]
     Resource(#[from] ResourceError),
     /// The application's `prepare` failed.
-    #[error("app: {0}")]
-    App(String),
+    #[error("app")]
+    App(#[source] BoxError),
     /// A worker could not build or warm its app instance.
-    #[error("worker {worker}: {message}")]
+    #[error("worker {worker}")]
     Worker {
         /// The worker's index.
         worker: usize,
         /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// Application code panicked while the generation was built; the panic
+    /// was caught and nothing was applied.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// What panicked: `App::prepare`, `App::router (worker 0)`,
+        /// `resource NAME`.
+        what: String,
+        /// The panic's message.
         message: String,
     },
     /// Warm-up did not finish in time.
@@ -70,7 +88,7 @@ impl BuildError {
             Self::Resource(e) => e.resource.clone(),
             Self::App(_) => "app".to_owned(),
             Self::Worker { worker, .. } => format!("worker {worker}"),
-            Self::Timeout { what, .. } => what.clone(),
+            Self::Timeout { what, .. } | Self::Panicked { what, .. } => what.clone(),
         }
     }
 }
@@ -115,4 +133,30 @@ pub enum ReloadError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Runs `build` (application code: `App::prepare`, a resource factory) and
+/// turns a panic in it into [`BuildError::Panicked`] naming `what`, so that
+/// a panicking build refuses a reload or start-up instead of ending the
+/// task that runs it.
+pub(crate) async fn catch_panic<T>(
+    what: impl FnOnce() -> String,
+    build: impl std::future::Future<Output = Result<T, BuildError>>,
+) -> Result<T, BuildError> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(build)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(panicked(what(), panic)))
+}
+
+/// [`BuildError::Panicked`] from a caught panic's payload.
+pub(crate) fn panicked(what: String, panic: Box<dyn std::any::Any + Send>) -> BuildError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned());
+    tracing::error!(%what, %message, "Panicked while building a generation; nothing was applied");
+    BuildError::Panicked { what, message }
 }

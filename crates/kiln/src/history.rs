@@ -80,7 +80,7 @@ impl History {
                 peer,
                 changed: Vec::new(),
                 rebuilt: Vec::new(),
-                error: Some(e.to_string()),
+                error: Some(crate::ErrorChain(e).to_string()),
             },
         };
         let mut entries = self.0.lock().expect("history lock");

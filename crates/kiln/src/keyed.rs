@@ -18,7 +18,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::try_join_all;
-use kiln_resources::{Pool, Pools};
+use kiln_resources::{ErrorChain, Pool, Pools};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use tower::ServiceExt;
@@ -379,7 +379,9 @@ impl<K: KeyedApp> Shared<K> {
         };
         let router = match tokio::time::timeout(sources.warm_timeout, built).await {
             Ok(Ok(router)) => router,
-            Ok(Err(e)) => return Err(format!("{} {key}: {e}", K::NAME).into()),
+            Ok(Err(e)) => {
+                return Err(format!("{} {key}: {}", K::NAME, ErrorChain(&*e)).into());
+            }
             Err(_) => {
                 return Err(format!(
                     "{} {key}: not ready within {} (server.warm_timeout)",
@@ -481,10 +483,7 @@ impl<K: KeyedApp> Instances<K> {
                 Err(never) => match never {},
             },
             Err(Missing::NotFound(message)) => error(StatusCode::NOT_FOUND, message),
-            Err(Missing::Failed(message)) => {
-                tracing::warn!(error = %message, "Building an instance on demand failed");
-                error(StatusCode::SERVICE_UNAVAILABLE, message)
-            }
+            Err(Missing::Failed(message)) => error(StatusCode::SERVICE_UNAVAILABLE, message),
         }
     }
 
@@ -506,7 +505,14 @@ impl<K: KeyedApp> Instances<K> {
             self.keyed
                 .build(key, section, &self.sources)
                 .await
-                .map_err(|e| Missing::Failed(e.to_string()))
+                .map_err(|e| {
+                    // The cause (a driver's message, SQL) stays in the log.
+                    tracing::warn!(error = %ErrorChain(&*e), "Building an instance on demand failed");
+                    Missing::Failed(format!(
+                        "{} {key:?} is not available; retry later",
+                        K::NAME
+                    ))
+                })
         })
         .await
         .cloned()

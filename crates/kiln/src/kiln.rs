@@ -14,12 +14,13 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::error::{catch_panic, panicked};
 use crate::history::History;
 use crate::http::warm_requests;
 use crate::reload::build_generation;
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
-use crate::{App, BuildError, Generation, Resource, StartError};
+use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 
 /// A handle to kiln: the current generation, published through an
 /// `ArcSwap`, and the workers that serve it. Cloning is cheap.
@@ -90,7 +91,7 @@ pub struct Status {
     pub source: PathBuf,
     /// Each worker's current generation.
     pub workers: Vec<WorkerStatus>,
-    /// Each pool's figures.
+    /// Each pool's figures and health.
     pub pools: BTreeMap<String, PoolStatus>,
     /// Seconds since start.
     pub uptime_s: u64,
@@ -161,10 +162,7 @@ impl<A: App> Kiln<A> {
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         let id = workers.len();
-        let app = app.map_err(|message| BuildError::Worker {
-            worker: id,
-            message,
-        })?;
+        let app = app.map_err(|e| worker_error(id, e))?;
         let current = Arc::new(ArcSwap::from(app));
         workers.push(WorkerSlot {
             runtime: Handle::current(),
@@ -236,11 +234,7 @@ impl<A: App> Kiln<A> {
                     generation: slot.current.load().generation,
                 })
                 .collect(),
-            pools: current
-                .pools()
-                .iter()
-                .map(|(name, pool)| (name.to_owned(), pool.status()))
-                .collect(),
+            pools: current.pools().status(),
             uptime_s: self.shared.started.elapsed().as_secs(),
             draining: self.shared.readiness.is_draining(),
         }
@@ -274,13 +268,10 @@ impl<A: App> Kiln<A> {
                     .spawn(async move { kiln.build_worker_app(generation, Some(&fresh)).await });
                 match tokio::time::timeout(timeout, built).await {
                     Ok(Ok(Ok(app))) => Ok(app),
-                    Ok(Ok(Err(message))) => Err(BuildError::Worker {
-                        worker: id,
-                        message,
-                    }),
+                    Ok(Ok(Err(e))) => Err(worker_error(id, e)),
                     Ok(Err(join)) => Err(BuildError::Worker {
                         worker: id,
-                        message: format!("stopped while building: {join}"),
+                        source: format!("stopped while building: {join}").into(),
                     }),
                     Err(_) => Err(BuildError::Timeout {
                         what: format!("worker {id}"),
@@ -312,7 +303,7 @@ impl<A: App> Kiln<A> {
         &self,
         generation: Arc<Generation<A::Config>>,
         fresh: Option<&[String]>,
-    ) -> Result<Arc<WorkerApp>, String> {
+    ) -> Result<Arc<WorkerApp>, BoxError> {
         let config = generation.config();
         let paths = config.server.warm_requests.clone();
         let widest = config
@@ -323,11 +314,11 @@ impl<A: App> Kiln<A> {
             .max()
             .unwrap_or(1);
         let width = widest.div_ceil(config.server.worker_count());
-        let app = Arc::new(WorkerApp::build(
-            &self.shared.app,
-            generation,
-            &self.shared.readiness,
-        ));
+        let app = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            WorkerApp::build(&self.shared.app, generation, &self.shared.readiness)
+        }))
+        .map_err(|panic| panicked("App::router".to_owned(), panic))?;
+        let app = Arc::new(app);
         warm_requests(app.clone(), &paths, width).await?;
         Ok(app)
     }
@@ -410,11 +401,23 @@ impl<A: App> Builder<A> {
 
 async fn prepare<A: App>(app: &A, generation: &Generation<A::Config>) -> Result<(), BuildError> {
     let timeout = generation.config().server.warm_timeout;
-    match tokio::time::timeout(timeout, app.prepare(generation)).await {
-        Ok(result) => result.map_err(|e| BuildError::App(e.to_string())),
+    let prepared = catch_panic(|| "App::prepare".to_owned(), async {
+        app.prepare(generation).await.map_err(BuildError::App)
+    });
+    match tokio::time::timeout(timeout, prepared).await {
+        Ok(result) => result,
         Err(_) => Err(BuildError::Timeout {
             what: "app prepare".to_owned(),
             timeout,
         }),
+    }
+}
+
+/// A worker's build failure: a caught panic as it is, anything else as
+/// [`BuildError::Worker`] with its cause.
+fn worker_error(worker: usize, error: BoxError) -> BuildError {
+    match error.downcast::<BuildError>() {
+        Ok(build) => *build,
+        Err(source) => BuildError::Worker { worker, source },
     }
 }

@@ -104,4 +104,4 @@ pub use crate::server::serve;
 pub use crate::service::{GENERATION_HEADER, GenerationBody, GenerationService, ResponseFuture};
 pub use kiln_config::load as load_config;
 pub use kiln_config::{self as config, AppConfig, Config, ConfigError, Invalid, Loaded};
-pub use kiln_resources::{self as resources, Pool, PoolStatus};
+pub use kiln_resources::{self as resources, ErrorChain, Health, Pool, PoolStatus};

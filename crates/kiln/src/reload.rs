@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_config::{ErrorKind, FileFormat, Loaded, PatchError};
-use kiln_resources::{Pool, Pools};
+use kiln_resources::{ErrorChain, Pool, Pools};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -169,7 +169,7 @@ impl<A: App> Kiln<A> {
                 "Reloaded"
             ),
             Err(e) => {
-                tracing::error!(%trigger, peer = peer.map(tracing::field::display), error = %e, "Reload refused; the current generation keeps serving")
+                tracing::error!(%trigger, peer = peer.map(tracing::field::display), error = %ErrorChain(e), "Reload refused; the current generation keeps serving")
             }
         }
         let capacity = self.current().config().reload.history;
@@ -208,6 +208,7 @@ impl<A: App> Kiln<A> {
         )
         .await?;
         let generation = Arc::new(generation);
+        let mut refused = CloseIfRefused(Some(&generation));
         // The old generation's pools the new one does not share.
         let replaced: Vec<Pool> = current
             .pools()
@@ -225,6 +226,7 @@ impl<A: App> Kiln<A> {
                 }
             })?;
         }
+        refused.0 = None;
         let generation = staged.generation_id();
         self.swap(staged);
         retire(&current, replaced);
@@ -237,6 +239,21 @@ impl<A: App> Kiln<A> {
             rebuilt,
             took_ms: started.elapsed().as_millis() as u64,
         })
+    }
+}
+
+/// Ends the pools built for a generation when it is refused (dropped
+/// without being disarmed), connections in use included: a warm-up that
+/// timed out may still hold the generation and a query, and each retry
+/// would add more connections.
+struct CloseIfRefused<'a, C>(Option<&'a Generation<C>>);
+
+impl<C> Drop for CloseIfRefused<'_, C> {
+    fn drop(&mut self) {
+        let Some(generation) = self.0 else { return };
+        for name in generation.built() {
+            generation.pools().terminate(name);
+        }
     }
 }
 
@@ -312,11 +329,10 @@ pub(crate) async fn build_generation<C: AppConfig>(
         previous.is_some_and(|previous| section(previous.raw()) == section(&loaded.raw))
     };
     let timeout = loaded.config.server.warm_timeout;
-    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, |name| {
-        unchanged("pools", name)
-            .then(|| previous.and_then(|p| p.pool(name).cloned()))
-            .flatten()
-    });
+    let carried = previous
+        .map(|p| p.pools().filter(|name| unchanged("pools", name)))
+        .unwrap_or_default();
+    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, &carried);
     let resources = registry.build_all(&loaded.config.resources, timeout, |name| {
         unchanged("resources", name)
             .then(|| previous.and_then(|p| p.built_resource(name)))

@@ -14,7 +14,9 @@ use kiln_config::{ConfigError, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::error::catch_panic;
 use crate::{BoxError, BuildError};
+use kiln_resources::ResourceError;
 
 /// An expensive thing built from its own config section and warmed before
 /// any request can reach it: an HTTP client that pre-connects, a compiled
@@ -171,15 +173,17 @@ impl Registry {
                 }
                 let started = Instant::now();
                 tracing::info!(resource = %name, "Warming resource");
-                let built = match tokio::time::timeout(timeout, factory.build(name, section)).await
-                {
-                    Ok(Ok(built)) => built,
-                    Ok(Err(e)) => {
-                        return Err(BuildError::Resource(kiln_resources::ResourceError {
-                            resource: name.clone(),
-                            message: e.to_string(),
-                        }));
-                    }
+                let building = catch_panic(|| format!("resource {name}"), async {
+                    factory.build(name, section).await.map_err(|e| {
+                        BuildError::Resource(ResourceError::new(
+                            name.clone(),
+                            "cannot build or warm",
+                            Some(e),
+                        ))
+                    })
+                });
+                let built = match tokio::time::timeout(timeout, building).await {
+                    Ok(built) => built?,
                     Err(_) => {
                         return Err(BuildError::Timeout {
                             what: format!("resource {name}"),

@@ -72,7 +72,7 @@ pub(crate) async fn serve_with<A: App>(
             Ok(Err(_)) => {
                 return Err(BuildError::Worker {
                     worker: id,
-                    message: "the worker thread died while warming".to_owned(),
+                    source: "the worker thread died while warming".into(),
                 }
                 .into());
             }
