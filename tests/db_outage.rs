@@ -197,3 +197,25 @@ fn a_reload_whose_warm_up_times_out_closes_its_new_connections_at_once() {
     assert_eq!(pg.backends(), 2);
     assert_eq!(server.status_generation(), 1);
 }
+
+#[test]
+fn a_failing_query_answers_500_without_the_servers_text() {
+    let pg = util::postgres();
+    let server = Server::start(&Config::postgres(&pg.url()).render());
+    util::pg_admin(&format!("DROP TABLE {}.notes", pg.name()));
+    let reply = server.get("/notes");
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert_eq!(
+        reply.json()["error"],
+        "the database query failed; the server log has the details"
+    );
+    assert!(reply.header("retry-after").is_none(), "{reply:?}");
+    // The server's message is in the log, with its cause.
+    assert!(
+        server
+            .stderr
+            .wait_for(0, "relation \"notes\" does not exist", util::EXIT_TIMEOUT)
+            .is_some(),
+        "the log names the cause"
+    );
+}

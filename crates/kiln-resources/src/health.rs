@@ -134,7 +134,8 @@ pub(crate) fn maintain(name: &str, pool: &Pool, warm: usize, monitor: Arc<Monito
 async fn top_up(name: &str, pool: &Pool, warm: usize, monitor: &Monitor) -> Result<(), String> {
     pool.drop_closed();
     let status = pool.figures();
-    if status.size >= warm {
+    // At its floor, or shrinking: `Pool::retire` lowers `max_size` first.
+    if status.size >= warm || status.max_size < warm {
         return Ok(());
     }
     let in_use = status.size - status.available;

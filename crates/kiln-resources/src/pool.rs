@@ -403,6 +403,22 @@ mod tests {
         Pool::build("main", &config, dir).expect("a SQLite pool builds")
     }
 
+    #[test]
+    fn an_error_chain_shows_each_cause_once() {
+        /// Repeats its cause in its own message, as deadpool's `PoolError` does.
+        #[derive(Debug, thiserror::Error)]
+        #[error("Error occurred while creating a new object: {0}")]
+        struct Repeats(#[source] std::io::Error);
+
+        let cause = Repeats(std::io::Error::other("connection refused"));
+        let error = ResourceError::new("main", "cannot open a connection", Some(cause.into()));
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "resource main: cannot open a connection: \
+             Error occurred while creating a new object: connection refused"
+        );
+    }
+
     #[tokio::test]
     async fn retire_closes_idle_connections_then_returned_ones_then_the_pool() {
         let dir = tempfile::tempdir().unwrap();
