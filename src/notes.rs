@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use kiln::resources::BoundedGet;
 use kiln::resources::deadpool_postgres::{self, tokio_postgres};
 use kiln::resources::deadpool_sqlite::{self, rusqlite};
 use kiln::{App, AppConfig, BoxError, ErrorChain, Generation, Pool};
@@ -260,7 +261,7 @@ async fn postgres(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Note>, DbError> {
     let client = pool
-        .get()
+        .get_bounded()
         .await
         .map_err(|e| DbError::Unavailable(e.into()))?;
     let statement = client
@@ -286,7 +287,7 @@ async fn sqlite<T: Send + 'static>(
     query: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, DbError> {
     let conn = pool
-        .get()
+        .get_bounded()
         .await
         .map_err(|e| DbError::Unavailable(e.into()))?;
     conn.interact(query)

@@ -8,11 +8,13 @@
 //! connections.
 #![deny(missing_docs)]
 
+mod checkout;
 mod health;
 mod pool;
 mod postgres;
 mod sqlite;
 
+pub use checkout::BoundedGet;
 pub use health::Health;
 pub use pool::{BoxError, ErrorChain, Pool, PoolStatus, Pools, ResourceError};
 pub use {deadpool_postgres, deadpool_sqlite};
