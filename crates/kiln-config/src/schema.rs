@@ -137,9 +137,17 @@ pub struct ServerConfig {
     /// How long start-up (and each reload's warm-up) may take.
     #[serde(with = "humantime_serde")]
     pub warm_timeout: Duration,
-    /// How long in-flight requests may run after SIGTERM.
+    /// How long the whole drain after SIGTERM may take: in-flight requests,
+    /// blocking work and the admin listener; whatever is left then is cut.
+    /// The current generation's value applies.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long, after SIGTERM, `/readyz` answers 503 while the listeners
+    /// still accept and serve, so that load balancers and Kubernetes
+    /// endpoints stop sending first (the preStop pattern). Not counted in
+    /// `shutdown_grace`.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// How long a client may take to send a request's head, which is also
     /// how long a keep-alive connection may sit idle between requests; the
     /// connection is closed after it. `0s` turns the limit off (behind a
@@ -175,6 +183,7 @@ impl Default for ServerConfig {
             reuse_port: false,
             warm_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(30),
             warm_requests: vec!["/".to_owned()],
         }

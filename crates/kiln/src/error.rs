@@ -35,6 +35,44 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// SIGTERM or SIGINT arrived before kiln was ready.
+    #[error("{signal} while {phase}: stopped before serving")]
+    Interrupted {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// What start-up was doing (`warming pools`, `warming workers`).
+        phase: &'static str,
+    },
+}
+
+/// Why [`serve`](crate::serve) ended with an error: it did not start, or it
+/// did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Start-up failed or was interrupted; nothing was served.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A worker thread panicked, or did not stop by the drain's deadline.
+    #[error("worker {worker} {problem}")]
+    Worker {
+        /// The worker's index.
+        worker: usize,
+        /// What happened.
+        problem: String,
+    },
+    /// `server.shutdown_grace` expired with requests still in flight; they
+    /// were cut.
+    #[error(
+        "server.shutdown_grace ({}) expired with {requests} requests in flight; they were cut",
+        humantime::format_duration(*.grace)
+    )]
+    Cut {
+        /// How many.
+        requests: usize,
+        /// The grace they had.
+        grace: Duration,
+    },
 }
 
 /// Why a generation could not be built: what was not ready and why.

@@ -27,6 +27,22 @@ pub struct Generation<C> {
     loaded_at: SystemTime,
     /// The per-key app instances built for this generation.
     pub(crate) keyed: crate::keyed::Slot,
+    /// The runtime it was built on, entered to drop its pools and resources
+    /// when the last reference goes outside any runtime: a SQLite
+    /// connection's drop spawns a blocking task, which panics there.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl<C> Drop for Generation<C> {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Some(runtime) = &self.runtime
+        {
+            let _entered = runtime.enter();
+            drop(std::mem::take(&mut self.pools));
+            drop(std::mem::take(&mut self.resources));
+        }
+    }
 }
 
 impl<C> Generation<C> {
@@ -45,6 +61,7 @@ impl<C> Generation<C> {
             built,
             loaded_at: SystemTime::now(),
             keyed: Default::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 

@@ -2,13 +2,16 @@
 //! graceful shutdown, and in-process warm-up requests through the very same
 //! connection stack over an in-memory pipe.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{Request, StatusCode, header};
+use axum::body::{Bytes, HttpBody};
+use axum::http::{Request, Response, StatusCode, header};
 use futures_util::future::try_join_all;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -16,19 +19,22 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::Service;
 
 use crate::service::{GenerationService, WorkerApp};
 
 /// Serves one connection. With `header_read_timeout`, a client that never
 /// finishes a request head (or idles between requests) for that long is
 /// cut; hyper arms a timer for every request to enforce it.
-fn serve_connection<I>(
+fn serve_connection<I, S>(
     io: I,
-    service: GenerationService,
+    service: S,
     header_read_timeout: Option<Duration>,
-) -> hyper::server::conn::http1::Connection<TokioIo<I>, TowerToHyperService<GenerationService>>
+) -> hyper::server::conn::http1::Connection<TokioIo<I>, TowerToHyperService<S>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService,
 {
     let mut builder = http1::Builder::new();
     builder
@@ -43,25 +49,52 @@ where
     builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
 }
 
-/// Accepts connections until `shutdown` turns true, then lets open
-/// connections finish their requests for at most `grace`. Returns how many
-/// connections were cut at the deadline.
-pub(crate) async fn accept_loop(
+/// A tower service kiln serves connections with: a worker's
+/// [`GenerationService`] or the admin `Router`.
+pub(crate) trait HttpService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: HttpBody<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes, Error: Into<axum::BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
+
+/// Accepts connections, each served by `service(peer)`, until `shutdown`
+/// holds a deadline, then lets open connections finish their requests until
+/// that deadline. Returns how many connections were cut at the deadline.
+pub(crate) async fn accept_loop<S: HttpService>(
     listener: TcpListener,
-    service: GenerationService,
-    mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    service: impl Fn(SocketAddr) -> S,
+    mut shutdown: watch::Receiver<Option<Instant>>,
     header_read_timeout: Option<Duration>,
 ) -> usize {
     let graceful = GracefulShutdown::new();
-    loop {
+    let deadline = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let connection = graceful.watch(serve_connection(
                         stream,
-                        service.clone(),
+                        service(peer),
                         header_read_timeout,
                     ));
                     tokio::spawn(async move {
@@ -76,14 +109,17 @@ pub(crate) async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            deadline = async { shutdown.wait_for(Option::is_some).await.map(|d| *d) } => {
+                // A dropped sender means the server is gone: stop now.
+                break deadline.ok().flatten().unwrap_or_else(Instant::now);
+            }
         }
-    }
+    };
     drop(listener);
     let open = graceful.count();
     tokio::select! {
         () = graceful.shutdown() => 0,
-        () = tokio::time::sleep(grace) => open,
+        () = tokio::time::sleep_until(deadline) => open,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -36,7 +36,7 @@ pub(crate) struct Shared<A: App> {
     /// The same generation as `current`, for those who wait for the next one.
     changes: watch::Sender<Arc<Generation<A::Config>>>,
     /// Touched only by the control plane (attach, reload, status).
-    workers: Mutex<Vec<WorkerSlot>>,
+    workers: Mutex<Workers>,
     /// Serializes reloads; holds the text of the configuration the current
     /// one replaced, for rollback.
     pub(crate) reload_lock: tokio::sync::Mutex<Option<String>>,
@@ -45,10 +45,32 @@ pub(crate) struct Shared<A: App> {
     started: Instant,
 }
 
+/// The attached workers. A slot holds its worker's app weakly: a worker
+/// whose [`Worker`] and services are all dropped is gone, and the next
+/// reload prunes it instead of building for it.
+#[derive(Default)]
+struct Workers {
+    slots: Vec<WorkerSlot>,
+    next_id: usize,
+}
+
 /// Where a reload reaches one worker: its runtime and its current app.
 struct WorkerSlot {
+    id: usize,
     runtime: Handle,
-    current: Arc<ArcSwap<WorkerApp>>,
+    current: Weak<ArcSwap<WorkerApp>>,
+}
+
+impl Workers {
+    /// The workers still attached (pruning the gone ones), held for as long
+    /// as the caller needs them.
+    fn live(&mut self) -> Vec<(usize, Handle, Arc<ArcSwap<WorkerApp>>)> {
+        self.slots.retain(|slot| slot.current.strong_count() > 0);
+        self.slots
+            .iter()
+            .filter_map(|slot| Some((slot.id, slot.runtime.clone(), slot.current.upgrade()?)))
+            .collect()
+    }
 }
 
 impl<A: App> Clone for Kiln<A> {
@@ -61,7 +83,8 @@ impl<A: App> Clone for Kiln<A> {
 
 /// One worker attached to kiln: the service that runs its requests on the
 /// current generation. Reloads rebuild its app on the runtime it was
-/// attached from.
+/// attached from. It stays attached while it or one of its services (or a
+/// router holding one) lives; once all are dropped, reloads forget it.
 pub struct Worker {
     id: usize,
     current: Arc<ArcSwap<WorkerApp>>,
@@ -133,6 +156,11 @@ impl<A: App> Kiln<A> {
 
     /// A receiver that sees every generation kiln publishes, starting with
     /// the current one: `changed().await` to react to reloads.
+    ///
+    /// Clone the `Arc` out of `borrow()` (or use `borrow_and_update().clone()`)
+    /// and drop the borrow at once: a borrow held across an `.await` blocks
+    /// every reload from publishing, and on a current-thread runtime it
+    /// deadlocks.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Generation<A::Config>>> {
         self.shared.changes.subscribe()
     }
@@ -146,7 +174,11 @@ impl<A: App> Kiln<A> {
     /// Attaches a worker on the calling runtime: builds its app for the
     /// current generation here, serves `server.warm_requests` through it
     /// in-process, and registers it so that every reload rebuilds its app on
-    /// this runtime before the swap.
+    /// this runtime before the swap. Each call attaches one more worker,
+    /// which every reload builds and warms: call it once per runtime that
+    /// serves, and keep what it returns. A worker detaches when it and
+    /// every service made from it are dropped; one whose runtime has ended
+    /// is rebuilt on the reloading runtime from then on.
     ///
     /// # Errors
     ///
@@ -161,19 +193,23 @@ impl<A: App> Kiln<A> {
             app = self.build_worker_app(current, None).await;
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
-        let id = workers.len();
+        let id = workers.next_id;
         let app = app.map_err(|e| worker_error(id, e))?;
+        workers.next_id += 1;
         let current = Arc::new(ArcSwap::from(app));
-        workers.push(WorkerSlot {
+        workers.slots.push(WorkerSlot {
+            id,
             runtime: Handle::current(),
-            current: current.clone(),
+            current: Arc::downgrade(&current),
         });
         Ok(Worker { id, current })
     }
 
     /// A `Router` that serves every request on the current generation, to
-    /// nest or merge into an application's own router. It attaches a worker
-    /// on the calling runtime (see [`worker`](Self::worker)).
+    /// nest or merge into an application's own router. **It attaches a
+    /// worker** on the calling runtime (see [`worker`](Self::worker)): call
+    /// it once and clone the router, rather than once per use. The worker
+    /// detaches when the router and all its clones are dropped.
     ///
     /// # Errors
     ///
@@ -218,20 +254,47 @@ impl<A: App> Kiln<A> {
         )
     }
 
+    /// Stops kiln: `/readyz` answers 503, reloads are refused, the
+    /// [`watch`](Self::watch) task ends, and every pool closes (idle
+    /// connections now, checked-out ones as they are returned). A reload in
+    /// flight may finish first, within `grace`; pools are closed by then in
+    /// any case. Calling it again does nothing more.
+    ///
+    /// Call it before dropping the last handle when requests are done: the
+    /// pools' connections then close on this runtime.
+    pub async fn shutdown(&self, grace: Duration) {
+        if self.shared.readiness.set_draining() {
+            tracing::info!(grace = %humantime::format_duration(grace), "Shutting down");
+        }
+        self.close_pools(tokio::time::Instant::now() + grace).await;
+    }
+
+    /// Closes the current generation's pools once no reload is in flight
+    /// (waiting until `deadline` at most), and keeps later reloads from
+    /// publishing new ones: they see readiness draining and are refused.
+    pub(crate) async fn close_pools(&self, deadline: tokio::time::Instant) {
+        let lock = tokio::time::timeout_at(deadline, self.shared.reload_lock.lock()).await;
+        if lock.is_err() {
+            tracing::warn!("A reload was still running at the deadline; closing the pools under it");
+        }
+        for (_, pool) in self.current().pools().iter() {
+            pool.close();
+        }
+    }
+
     /// A report on the current generation, the workers and the pools.
     pub fn status(&self) -> Status {
         let current = self.current();
-        let workers = self.shared.workers.lock().expect("workers lock");
+        let workers = self.shared.workers.lock().expect("workers lock").live();
         Status {
             generation: current.id(),
             loaded_at: humantime::format_rfc3339_seconds(current.loaded_at()).to_string(),
             source: current.source().to_path_buf(),
             workers: workers
                 .iter()
-                .enumerate()
-                .map(|(id, slot)| WorkerStatus {
-                    id,
-                    generation: slot.current.load().generation,
+                .map(|(id, _, current)| WorkerStatus {
+                    id: *id,
+                    generation: current.load().generation,
                 })
                 .collect(),
             pools: current.pools().status(),
@@ -254,34 +317,65 @@ impl<A: App> Kiln<A> {
         fresh: &[String],
     ) -> Result<Staged<A::Config>, BuildError> {
         prepare(&self.shared.app, &generation).await?;
-        let runtimes: Vec<Handle> = {
-            let workers = self.shared.workers.lock().expect("workers lock");
-            workers.iter().map(|slot| slot.runtime.clone()).collect()
-        };
+        let workers = self.shared.workers.lock().expect("workers lock").live();
         let timeout = generation.config().server.warm_timeout;
-        let builds = runtimes.into_iter().enumerate().map(|(id, runtime)| {
+        let builds = workers.into_iter().map(|(id, runtime, current)| {
             let kiln = self.clone();
             let generation = generation.clone();
             let fresh = fresh.to_vec();
             async move {
-                let built = runtime
-                    .spawn(async move { kiln.build_worker_app(generation, Some(&fresh)).await });
-                match tokio::time::timeout(timeout, built).await {
-                    Ok(Ok(Ok(app))) => Ok(app),
-                    Ok(Ok(Err(e))) => Err(worker_error(id, e)),
-                    Ok(Err(join)) => Err(BuildError::Worker {
-                        worker: id,
-                        source: format!("stopped while building: {join}").into(),
-                    }),
-                    Err(_) => Err(BuildError::Timeout {
+                let app = tokio::time::timeout(timeout, kiln.build_on(id, runtime, generation, fresh))
+                    .await
+                    .map_err(|_| BuildError::Timeout {
                         what: format!("worker {id}"),
                         timeout,
-                    }),
-                }
+                    })??;
+                Ok::<_, BuildError>((current, app))
             }
         });
         let apps = futures_util::future::try_join_all(builds).await?;
         Ok(Staged { generation, apps })
+    }
+
+    /// Builds worker `id`'s app on `runtime`. When that runtime has ended
+    /// (an embedder's test runtime, say), builds it here instead and makes
+    /// this runtime the worker's home from now on. A build abandoned by a
+    /// timeout is aborted, so that the refused generation it holds goes now.
+    async fn build_on(
+        &self,
+        id: usize,
+        runtime: Handle,
+        generation: Arc<Generation<A::Config>>,
+        fresh: Vec<String>,
+    ) -> Result<Arc<WorkerApp>, BuildError> {
+        let kiln = self.clone();
+        let task = {
+            let generation = generation.clone();
+            let fresh = fresh.clone();
+            runtime.spawn(async move { kiln.build_worker_app(generation, Some(&fresh)).await })
+        };
+        let _abort = AbortOnDrop(task.abort_handle());
+        let built = match task.await {
+            Ok(built) => built,
+            Err(join) if join.is_cancelled() => {
+                tracing::info!(
+                    worker = id,
+                    "The worker's runtime has ended; building its app on this one from now on"
+                );
+                self.rehome(id);
+                self.build_worker_app(generation, Some(&fresh)).await
+            }
+            Err(join) => Err(format!("stopped while building: {join}").into()),
+        };
+        built.map_err(|e| worker_error(id, e))
+    }
+
+    /// Makes the calling runtime worker `id`'s home for later reloads.
+    fn rehome(&self, id: usize) {
+        let mut workers = self.shared.workers.lock().expect("workers lock");
+        if let Some(slot) = workers.slots.iter_mut().find(|slot| slot.id == id) {
+            slot.runtime = Handle::current();
+        }
     }
 
     /// Publishes a staged generation: kiln's current generation, then every
@@ -290,9 +384,8 @@ impl<A: App> Kiln<A> {
         let Staged { generation, apps } = staged;
         self.shared.current.store(generation.clone());
         self.shared.changes.send_replace(generation);
-        let workers = self.shared.workers.lock().expect("workers lock");
-        for (slot, app) in workers.iter().zip(apps) {
-            slot.current.store(app);
+        for (current, app) in apps {
+            current.store(app);
         }
     }
 
@@ -324,10 +417,21 @@ impl<A: App> Kiln<A> {
     }
 }
 
-/// A generation built and warmed on every worker, not yet published.
+/// Aborts a task when dropped: a build whose caller gave up must not go on
+/// holding what it built.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A generation built and warmed on every worker, not yet published: each
+/// worker's app beside the place it is published to.
 pub(crate) struct Staged<C> {
     generation: Arc<Generation<C>>,
-    apps: Vec<Arc<WorkerApp>>,
+    apps: Vec<(Arc<ArcSwap<WorkerApp>>, Arc<WorkerApp>)>,
 }
 
 impl<C> Staged<C> {
@@ -358,12 +462,24 @@ impl<A: App> Builder<A> {
     /// [`Kiln::router`].
     ///
     /// PostgreSQL connections are driven by the runtime this is called on.
+    /// `/readyz` answers 200 from now until [`Kiln::shutdown`].
     ///
     /// # Errors
     ///
     /// A [`StartError`] naming what was invalid, or what was not ready
     /// within `server.warm_timeout`.
     pub async fn start(self, loaded: Loaded<A::Config>) -> Result<Kiln<A>, StartError> {
+        let kiln = self.start_unready(loaded).await?;
+        kiln.shared.readiness.set_ready();
+        Ok(kiln)
+    }
+
+    /// [`start`](Self::start), with readiness left off (the server turns it
+    /// on once it listens).
+    pub(crate) async fn start_unready(
+        self,
+        loaded: Loaded<A::Config>,
+    ) -> Result<Kiln<A>, StartError> {
         let base_dir = loaded
             .source
             .parent()
@@ -380,7 +496,7 @@ impl<A: App> Builder<A> {
                 base_dir,
                 current: ArcSwap::new(generation.clone()),
                 changes: watch::Sender::new(generation),
-                workers: Mutex::new(Vec::new()),
+                workers: Mutex::default(),
                 reload_lock: tokio::sync::Mutex::new(None),
                 history: History::default(),
                 readiness: Arc::default(),
@@ -393,8 +509,8 @@ impl<A: App> Builder<A> {
     ///
     /// # Errors
     ///
-    /// A [`StartError`] naming what was not ready; nothing was bound.
-    pub async fn serve(self, loaded: Loaded<A::Config>) -> Result<(), StartError> {
+    /// A [`ServeError`](crate::ServeError): see [`serve`](crate::serve).
+    pub async fn serve(self, loaded: Loaded<A::Config>) -> Result<(), crate::ServeError> {
         crate::server::serve_with(self, loaded).await
     }
 }

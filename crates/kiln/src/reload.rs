@@ -101,8 +101,9 @@ impl<A: App> Kiln<A> {
         patch: &Value,
         if_match: Option<&str>,
     ) -> Result<ReloadOutcome, ReloadError> {
-        self.apply(Trigger::Patch, |current, _| {
-            if let Some(tag) = if_match
+        let (patch, if_match) = (patch.clone(), if_match.map(str::to_owned));
+        self.apply(Trigger::Patch, move |current, _| {
+            if let Some(tag) = &if_match
                 && !etag_matches(tag, current.id())
             {
                 return Err(ReloadError::Stale {
@@ -120,7 +121,7 @@ impl<A: App> Kiln<A> {
                 ))
             })?;
             Ok(Candidate::Text(kiln_config::merge_patch_toml(
-                &text, patch,
+                &text, &patch,
             )?))
         })
         .await
@@ -154,7 +155,9 @@ impl<A: App> Kiln<A> {
     async fn apply(
         &self,
         trigger: Trigger,
-        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>,
+        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>
+        + Send
+        + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
         let result = self.apply_serialized(choose).await;
         let peer = crate::history::peer();
@@ -177,9 +180,13 @@ impl<A: App> Kiln<A> {
         result
     }
 
+    /// `choose`, the file read and the parse run on the blocking pool, like
+    /// the write: never on a runtime that drives connections.
     async fn apply_serialized(
         &self,
-        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>,
+        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>
+        + Send
+        + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
         let mut previous_text = self.shared.reload_lock.lock().await;
         if self.shared.readiness.is_draining() {
@@ -187,13 +194,20 @@ impl<A: App> Kiln<A> {
         }
         let started = Instant::now();
         let current = self.current();
-        let candidate = choose(&current, &previous_text)?;
-        let loaded = match &candidate {
-            Candidate::File => kiln_config::load::<A::Config>(current.source())?,
-            Candidate::Text(text) => {
-                kiln_config::parse::<A::Config>(current.source(), text.clone())?
+        let (candidate, loaded) = blocking({
+            let (current, previous) = (current.clone(), previous_text.clone());
+            move || {
+                let candidate = choose(&current, &previous)?;
+                let loaded = match &candidate {
+                    Candidate::File => kiln_config::load::<A::Config>(current.source())?,
+                    Candidate::Text(text) => {
+                        kiln_config::parse::<A::Config>(current.source(), text.clone())?
+                    }
+                };
+                Ok::<_, ReloadError>((candidate, loaded))
             }
-        };
+        })
+        .await?;
         let restart = current.config().restart_required(&loaded.config);
         if !restart.is_empty() {
             return Err(ReloadError::RestartRequired(restart));
@@ -218,13 +232,13 @@ impl<A: App> Kiln<A> {
             .collect();
         let staged = self.stage(generation.clone(), generation.built()).await?;
         let rebuilt = [generation.built(), &generation.keyed.take_rebuilt()].concat();
-        if let Candidate::Text(text) = &candidate {
-            kiln_config::write_atomic(current.source(), text).map_err(|source| {
-                ReloadError::Persist {
-                    file: current.source().to_path_buf(),
-                    source,
-                }
-            })?;
+        if let Candidate::Text(text) = candidate {
+            let file = current.source().to_path_buf();
+            blocking(move || {
+                kiln_config::write_atomic(&file, &text)
+                    .map_err(|source| ReloadError::Persist { file, source })
+            })
+            .await?;
         }
         refused.0 = None;
         let generation = staged.generation_id();
@@ -255,6 +269,13 @@ impl<C> Drop for CloseIfRefused<'_, C> {
             generation.pools().terminate(name);
         }
     }
+}
+
+/// Runs `work` on the blocking pool (file reads, `toml_edit`, fsync).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// How far apart a replaced pool's connections close.

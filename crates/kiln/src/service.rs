@@ -17,6 +17,7 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
 use pin_project_lite::pin_project;
+use tokio::sync::watch;
 use tower::Service;
 
 use crate::{App, Generation};
@@ -51,11 +52,24 @@ impl WorkerApp {
     }
 }
 
-/// Whether the server is warm and not draining, for `/readyz`.
-#[derive(Debug, Default)]
+/// Whether kiln is warm and not draining, for `/readyz`; draining is also
+/// the signal that ends the watch and refuses reloads.
+#[derive(Debug)]
 pub(crate) struct Readiness {
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Turns true with `draining`, for those who wait for it.
+    drained: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            drained: watch::Sender::new(false),
+        }
+    }
 }
 
 impl Readiness {
@@ -63,12 +77,22 @@ impl Readiness {
         self.ready.store(true, Ordering::Release);
     }
 
-    pub(crate) fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// Readiness off for good. Returns whether this call turned it off.
+    pub(crate) fn set_draining(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::AcqRel);
+        self.drained.send_replace(true);
+        first
     }
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once draining has begun.
+    pub(crate) async fn draining(&self) {
+        let mut drained = self.drained.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = drained.wait_for(|drained| *drained).await;
     }
 
     fn is_ready(&self) -> bool {

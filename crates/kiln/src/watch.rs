@@ -19,9 +19,17 @@ use crate::{App, Kiln, Trigger};
 impl<A: App> Kiln<A> {
     /// Watches the configuration file and reloads (trigger `watch`) when its
     /// text changes and `reload.watch` is true in the current generation.
-    /// Runs until the watch cannot go on; spawn it. [`serve`](crate::serve)
-    /// does.
+    /// Runs until kiln shuts down (or the watch cannot go on); spawn it.
+    /// [`serve`](crate::serve) does.
     pub async fn watch(self) {
+        let readiness = self.shared.readiness.clone();
+        tokio::select! {
+            () = self.watch_file() => {}
+            () = readiness.draining() => {}
+        }
+    }
+
+    async fn watch_file(&self) {
         let source = self.current().source().to_path_buf();
         let folder = self.base_dir().to_path_buf();
         let (tx, mut events) = mpsc::unbounded_channel();
