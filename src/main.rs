@@ -87,7 +87,11 @@ fn main() -> ExitCode {
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let loaded = kiln::load_config::<NotesConfig>(path)?;
     init_logging(&loaded.config.log);
-    control_runtime()?.block_on(kiln::serve(Notes, loaded))?;
+    let runtime = control_runtime()?;
+    let served = runtime.block_on(kiln::serve(Notes, loaded));
+    // A query the grace cut may still hold a blocking thread: do not wait for it.
+    runtime.shutdown_background();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -22,6 +22,8 @@ use tokio_postgres::types::ToSql;
 const POOL: &str = "main";
 /// The longest note, in characters.
 const MAX_TEXT: usize = 10_000;
+/// The longest query `GET /slow/{secs}` runs, in seconds.
+const MAX_SLOW: u64 = 600;
 
 /// `[app]`: what the demo reads from the configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -92,6 +94,7 @@ impl App for Notes {
             .route("/", get(greeting))
             .route("/notes", get(list_notes).post(create_note))
             .route("/notes/{id}", get(get_note))
+            .route("/slow/{secs}", get(slow))
             .with_state(state)
     }
 }
@@ -175,6 +178,28 @@ async fn list_notes(
     Ok(Json(notes))
 }
 
+/// `GET /slow/{secs}`: a query that takes `secs` seconds (at most
+/// [`MAX_SLOW`]), holding a pool connection (and on SQLite a blocking
+/// thread) meanwhile, like a slow report; to watch what a drain does with
+/// one.
+async fn slow(
+    State(state): State<NotesState>,
+    secs: Result<Path<u64>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(secs) = secs?;
+    if secs > MAX_SLOW {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("secs: expected at most {MAX_SLOW}, found {secs}"),
+        ));
+    }
+    tracing::info!(secs, "Slow query started");
+    sleep_query(&state.pool, secs)
+        .await
+        .map_err(|e| e.answer(state.retry_after))?;
+    Ok(format!("slept {secs}s\n"))
+}
+
 // === storage, on SQLite or PostgreSQL ===
 
 async fn insert(pool: &Pool, text: String) -> Result<Note, DbError> {
@@ -199,6 +224,33 @@ async fn insert(pool: &Pool, text: String) -> Result<Note, DbError> {
             inserted
                 .pop()
                 .ok_or_else(|| DbError::Query("INSERT returned no row".into()))
+        }
+        _ => Err(DbError::Unsupported),
+    }
+}
+
+/// A query that takes `secs` seconds.
+async fn sleep_query(pool: &Pool, secs: u64) -> Result<(), DbError> {
+    match pool {
+        Pool::Sqlite(pool) => {
+            sqlite(pool, move |conn| {
+                std::thread::sleep(std::time::Duration::from_secs(secs));
+                conn.query_row("SELECT 1", [], |_| Ok(()))
+            })
+            .await
+        }
+        Pool::Postgres(pool) => {
+            #[allow(clippy::cast_precision_loss)] // at most MAX_SLOW
+            let secs = secs as f64;
+            let client = pool
+                .get_bounded()
+                .await
+                .map_err(|e| DbError::Unavailable(e.into()))?;
+            client
+                .execute("SELECT pg_sleep($1)", &[&secs])
+                .await
+                .map_err(DbError::postgres)?;
+            Ok(())
         }
         _ => Err(DbError::Unsupported),
     }

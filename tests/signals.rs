@@ -1,12 +1,12 @@
 //! Signals: SIGHUP reloads exactly like the admin route; SIGTERM drains
 //! (stop accepting, finish what is in flight, exit 0); SIGINT exits cleanly.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use crate::util::{self, Config, Server};
+use crate::util::{self, Config, PgProxy, Server, Site};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -43,89 +43,22 @@ fn sighup_reloads_like_the_route() {
     );
 }
 
-/// Reads one HTTP/1.1 response (Content-Length or chunked body) and returns
-/// its status and body.
-fn read_response(reader: &mut impl BufRead) -> (u16, String) {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read status line");
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let (mut length, mut chunked) = (0, false);
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("read header");
-        let header = line.trim_end().to_ascii_lowercase();
-        if header.is_empty() {
-            break;
-        }
-        if let Some(v) = header.strip_prefix("content-length:") {
-            length = v.trim().parse().expect("numeric content-length");
-        }
-        chunked |= header.starts_with("transfer-encoding:") && header.contains("chunked");
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("read chunk size");
-            let size = usize::from_str_radix(line.trim(), 16).expect("hex chunk size");
-            let mut chunk = vec![0; size + 2]; // data and CRLF
-            reader.read_exact(&mut chunk).expect("read chunk");
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else {
-        body.resize(length, 0);
-        reader.read_exact(&mut body).expect("read body");
-    }
-    (status, String::from_utf8_lossy(&body).into_owned())
+/// Starts `GET /slow/{secs}` on a connection of its own, in a thread.
+fn slow_request(server: &Server, secs: u64) -> thread::JoinHandle<Result<(u16, String), String>> {
+    let url = server.url(&format!("/slow/{secs}"));
+    thread::spawn(move || {
+        util::call(&util::agent(), "GET", &url, &[], None)
+            .map(|reply| (reply.status, reply.body))
+            .map_err(|e| e.to_string())
+    })
 }
 
-/// A connection with a POST whose body is only partly sent.
-struct SlowPost {
-    conn: TcpStream,
-    reader: BufReader<TcpStream>,
-    rest: Vec<u8>,
-}
-
-impl SlowPost {
-    fn begin(main: SocketAddr, text: &str) -> SlowPost {
-        let mut conn = TcpStream::connect(main).expect("connect");
-        conn.set_read_timeout(Some(WAIT)).unwrap();
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        // A full round trip first: the server has accepted and serves this
-        // connection before the slow request starts.
-        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: kiln\r\n\r\n")
-            .unwrap();
-        assert_eq!(read_response(&mut reader).0, 200);
-        let body = serde_json::json!({ "text": text }).to_string().into_bytes();
-        let head = format!(
-            "POST /notes HTTP/1.1\r\nhost: kiln\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(head.as_bytes()).unwrap();
-        conn.write_all(&body[..5]).unwrap();
-        SlowPost {
-            conn,
-            reader,
-            rest: body[5..].to_vec(),
-        }
-    }
-
-    /// Sends the rest of the body and returns the status and the note's id.
-    fn finish(mut self) -> (u16, Option<i64>) {
-        self.conn.write_all(&self.rest).unwrap();
-        let (status, body) = read_response(&mut self.reader);
-        let id = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["id"].as_i64());
-        (status, id)
-    }
+/// Waits until the server has logged `count` slow queries as started: the
+/// requests are in flight, server-side.
+fn wait_slow_started(server: &Server, count: usize) {
+    util::wait_until(WAIT, &format!("{count} slow queries to start"), || {
+        server.stderr.text().matches("Slow query started").count() >= count
+    });
 }
 
 #[test]
@@ -134,40 +67,113 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut server = Server::start(&config.render());
     let main = server.main_addr();
 
-    let slow: Vec<SlowPost> = (0..3)
-        .map(|i| SlowPost::begin(main, &format!("drained {i}")))
-        .collect();
-    // Give the server a moment to read the heads, so the requests are in
-    // flight (a wait, not a timing assertion).
-    thread::sleep(Duration::from_secs(1));
+    let slow: Vec<_> = (0..3).map(|_| slow_request(&server, 2)).collect();
+    wait_slow_started(&server, 3);
     server.signal("TERM");
     util::wait_until(
         WAIT,
         "the main port to refuse new connections after SIGTERM",
         || !util::accepts(main),
     );
-    let mut ids = Vec::new();
-    for post in slow {
-        let (status, id) = post.finish();
+    for request in slow {
+        let answer = request.join().expect("the client thread");
         assert_eq!(
-            status, 201,
+            answer,
+            Ok((200, "slept 2s\n".to_owned())),
             "an in-flight request completes during the drain"
         );
-        ids.push(id.expect("201 answer has an id"));
     }
-
     let exit = server.wait_exit();
     assert_eq!(exit.code(), Some(0), "kiln exits 0 after draining ({exit})");
+    assert!(
+        server
+            .stderr
+            .text()
+            .contains("Stopped: every in-flight request finished"),
+        "no clean stop line"
+    );
+}
 
-    // The notes were committed before the pools closed: serve the same files again.
-    let site = server.site.clone();
-    drop(server);
-    let mut again = Server::spawn(site, &[]);
-    again.wait_ready();
-    for id in ids {
-        let note = again.get(&format!("/notes/{id}"));
-        assert_eq!(note.status, 200, "{note:?}");
-    }
+#[test]
+fn sigterm_cuts_what_outlives_the_grace_and_exits_non_zero() {
+    // A blocking query (SQLite's runs on the blocking pool) that outlives the
+    // grace, and a client holding half a request head on the admin port.
+    let config = Config::sqlite().set_str("server.shutdown_grace", "1s");
+    let mut server = Server::start(&config.render());
+    let _held = slow_request(&server, 300);
+    wait_slow_started(&server, 1);
+    let mut half = TcpStream::connect(server.admin_addr()).expect("connect to admin");
+    half.write_all(b"GET /admin/status HTTP/1.1\r\nhost: kiln\r\n")
+        .expect("send half a head");
+
+    server.signal("TERM");
+    let exit = server
+        .try_wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("kiln did not exit within {WAIT:?} of SIGTERM with a 1s grace"));
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "cut requests make a non-zero exit ({exit})"
+    );
+    let cut = server
+        .stderr
+        .wait_for(0, "they were cut", Duration::ZERO)
+        .expect("a line saying what was cut");
+    assert!(
+        cut.contains("server.shutdown_grace (1s) expired with"),
+        "{cut}"
+    );
+}
+
+#[test]
+fn sigterm_during_warm_up_exits_non_zero_naming_the_phase() {
+    let pg = util::postgres();
+    // Every new database connection is held far longer than the test waits.
+    let proxy = PgProxy::start(Duration::from_secs(600));
+    let config = Config::postgres(&pg.url_at(&proxy.addr().to_string()))
+        .set_str("server.warm_timeout", "600s");
+    let mut server = Server::spawn(Site::new(&config.render()), &[]);
+    server
+        .stderr
+        .wait_for(0, "Starting kiln", WAIT)
+        .expect("the start-up line");
+    util::wait_until(WAIT, "warm-up to reach the database", || {
+        proxy.accepted() > 0
+    });
+
+    server.signal("TERM");
+    let exit = server
+        .try_wait_exit(WAIT)
+        .unwrap_or_else(|| panic!("kiln did not exit within {WAIT:?} of SIGTERM during warm-up"));
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "non-zero, not killed by the signal ({exit})"
+    );
+    util::assert_error_line(&server.stderr.text(), &["SIGTERM while warming pools"]);
+}
+
+#[test]
+fn drain_delay_keeps_serving_while_readyz_answers_503() {
+    let config = |delay: &str| Config::sqlite().set_str("server.drain_delay", delay);
+    let mut server = Server::start(&config("0s").render());
+    // Reloadable: the drain uses the value current when SIGTERM arrives.
+    server.site.write_config(&config("600s").render());
+    assert_eq!(server.reload().status, 200, "drain_delay reloads");
+
+    server.signal("TERM");
+    server
+        .stderr
+        .wait_for(0, "Draining", WAIT)
+        .expect("the drain's first line");
+    let ready = server.get_on_new_connection("/readyz");
+    assert_eq!(ready.status, 503, "not ready during the delay: {ready:?}");
+    let root = server.get_on_new_connection("/");
+    assert_eq!(root.status, 200, "still served during the delay: {root:?}");
+    assert!(
+        server.try_wait_exit(Duration::ZERO).is_none(),
+        "kiln exited during the drain delay"
+    );
 }
 
 #[test]

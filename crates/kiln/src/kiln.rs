@@ -275,7 +275,9 @@ impl<A: App> Kiln<A> {
     pub(crate) async fn close_pools(&self, deadline: tokio::time::Instant) {
         let lock = tokio::time::timeout_at(deadline, self.shared.reload_lock.lock()).await;
         if lock.is_err() {
-            tracing::warn!("A reload was still running at the deadline; closing the pools under it");
+            tracing::warn!(
+                "A reload was still running at the deadline; closing the pools under it"
+            );
         }
         for (_, pool) in self.current().pools().iter() {
             pool.close();
@@ -324,12 +326,13 @@ impl<A: App> Kiln<A> {
             let generation = generation.clone();
             let fresh = fresh.to_vec();
             async move {
-                let app = tokio::time::timeout(timeout, kiln.build_on(id, runtime, generation, fresh))
-                    .await
-                    .map_err(|_| BuildError::Timeout {
-                        what: format!("worker {id}"),
-                        timeout,
-                    })??;
+                let app =
+                    tokio::time::timeout(timeout, kiln.build_on(id, runtime, generation, fresh))
+                        .await
+                        .map_err(|_| BuildError::Timeout {
+                            what: format!("worker {id}"),
+                            timeout,
+                        })??;
                 Ok::<_, BuildError>((current, app))
             }
         });

@@ -40,7 +40,11 @@ type Stop = watch::Receiver<Option<tokio::time::Instant>>;
 /// Drain: readiness off, `server.drain_delay` of serving as usual, then
 /// the listeners close and everything left (in-flight requests, blocking
 /// work, the admin listener) gets `server.shutdown_grace`, both read from
-/// the current generation; what is still running then is cut.
+/// the current generation; what is still running then is cut. Blocking
+/// work cut on this runtime (a connection's drop waiting for a query) may
+/// still run when it returns: end the runtime with
+/// `Runtime::shutdown_background` (or `shutdown_timeout`), not a plain
+/// drop, which waits for it.
 ///
 /// # Errors
 ///
@@ -401,11 +405,9 @@ fn spawn_worker<A: App>(
                 stop,
                 header_read_timeout,
             ));
-            let left = deadline
-                .borrow()
-                .map_or(Duration::ZERO, |deadline| {
-                    deadline.saturating_duration_since(tokio::time::Instant::now())
-                });
+            let left = deadline.borrow().map_or(Duration::ZERO, |deadline| {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            });
             runtime.shutdown_timeout(left);
             let _ = done_tx.send(cut);
         })
