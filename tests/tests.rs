@@ -11,6 +11,7 @@ mod config_patch;
 mod connections;
 mod db_outage;
 mod embed_keyed;
+mod embed_lifecycle;
 mod embed_panics;
 mod embed_reload;
 mod embed_resource;

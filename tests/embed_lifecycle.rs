@@ -1,0 +1,131 @@
+//! The embedded lifecycle: workers that come and go with their runtimes
+//! (an embedder's test suite), `/readyz` while embedded, `Kiln::shutdown`,
+//! and dropping kiln outside any runtime.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use kiln::{App, Generation, Kiln, ReloadError, Trigger};
+
+use crate::util::{Config, EMBED_TIMEOUT, Greeting, Site, get_in_process};
+
+/// Answers the greeting of the generation it was built for.
+struct GreetingApp;
+
+impl App for GreetingApp {
+    type Config = Greeting;
+
+    fn router(&self, generation: &Generation<Greeting>) -> Router {
+        let greeting = generation.app().greeting.clone();
+        Router::new().route("/", get(move || async move { greeting }))
+    }
+}
+
+fn config(greeting: &str) -> String {
+    Config::sqlite().greeting(greeting).render()
+}
+
+/// A runtime like the one each `#[tokio::test]` makes for itself.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+async fn start(site: &Site) -> Kiln<GreetingApp> {
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    Kiln::start(GreetingApp, loaded).await.expect("kiln starts")
+}
+
+#[test]
+fn reloads_keep_working_after_the_runtimes_that_attached_are_gone() {
+    let site = Site::new(&config("one"));
+    let kiln = runtime().block_on(start(&site));
+    // One "test" attaches a router and keeps it (a shared fixture); its
+    // runtime then ends. Another attaches one and drops it.
+    let kept = {
+        let first = runtime();
+        let router = first.block_on(kiln.router()).expect("a worker attaches");
+        drop(first);
+        router
+    };
+    runtime().block_on(async {
+        drop(kiln.router().await.expect("a worker attaches"));
+    });
+
+    // A later "test", on its own runtime: the reload applies, the kept router
+    // serves the new generation, and the dropped worker is gone.
+    runtime().block_on(async {
+        site.write_config(&config("two"));
+        let outcome = kiln.reload(Trigger::Api).await.expect("the reload applies");
+        assert_eq!(outcome.generation, 2);
+        assert_eq!(get_in_process(&kept, None, "/").await.body, "two");
+        assert_eq!(
+            kiln.status().workers.len(),
+            1,
+            "the dropped worker was pruned: {:?}",
+            kiln.status().workers
+        );
+    });
+    // And once more, from yet another runtime.
+    runtime().block_on(async {
+        site.write_config(&config("three"));
+        kiln.reload(Trigger::Api).await.expect("the reload applies");
+        assert_eq!(get_in_process(&kept, None, "/").await.body, "three");
+        kiln.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[tokio::test]
+async fn embedded_readyz_is_ready_from_start_until_shutdown() {
+    let site = Site::new(&config("hello"));
+    let kiln = start(&site).await;
+    let app = kiln.router().await.expect("a worker attaches");
+    assert_eq!(get_in_process(&app, None, "/readyz").await.status, 200);
+
+    let watch = tokio::spawn(kiln.clone().watch());
+    tokio::time::timeout(EMBED_TIMEOUT, kiln.shutdown(Duration::from_secs(2)))
+        .await
+        .expect("shutdown returns within its grace");
+    assert_eq!(get_in_process(&app, None, "/readyz").await.status, 503);
+    tokio::time::timeout(EMBED_TIMEOUT, watch)
+        .await
+        .expect("the watch ends with shutdown")
+        .expect("the watch task");
+    for (name, pool) in kiln.current().pools().iter() {
+        assert_eq!(pool.status().size, 0, "pool {name} closed");
+    }
+    assert!(kiln.status().draining);
+    assert!(matches!(
+        kiln.reload(Trigger::Api).await,
+        Err(ReloadError::Draining)
+    ));
+    // Idempotent.
+    kiln.shutdown(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn dropping_kiln_outside_a_runtime_does_not_panic() {
+    for runtime_alive in [true, false] {
+        let site = Site::new(&config("hello"));
+        let rt = runtime();
+        let (kiln, app) = rt.block_on(async {
+            let kiln = start(&site).await;
+            let app = kiln.router().await.expect("a worker attaches");
+            assert_eq!(get_in_process(&app, None, "/").await.status, 200);
+            (kiln, app)
+        });
+        if !runtime_alive {
+            drop(rt);
+            drop((kiln, app));
+        } else {
+            // Dropped on a thread of its own, where no runtime is entered.
+            std::thread::spawn(move || drop((kiln, app)))
+                .join()
+                .expect("dropping kiln outside a runtime panicked");
+            drop(rt);
+        }
+    }
+}
