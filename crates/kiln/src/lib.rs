@@ -69,6 +69,10 @@
 //! # }
 //! ```
 //!
+//! [`Kiln::router`] attaches a worker on the calling runtime: call it once
+//! and clone the router. `/readyz` is ready from [`Kiln::start`] until
+//! [`Kiln::shutdown`], which also closes the pools.
+//!
 //! [`Kiln::current`] reads the live generation without a lock,
 //! [`Kiln::subscribe`] waits for the next one, and [`Kiln::reload`] reloads
 //! from code. A [`Resource`] is the app's own expensive thing, built from

@@ -475,3 +475,34 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpList
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Io { what, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_that_panicked_fails_the_drain() {
+        let (_ready, ready) = oneshot::channel();
+        let (done_tx, done) = oneshot::channel::<usize>();
+        let thread = std::thread::spawn(move || {
+            let _done = done_tx; // dropped unsent by the unwinding
+            panic!("a bug in the worker");
+        });
+        let worker = WorkerHandle {
+            id: 3,
+            thread,
+            ready,
+            listener: None,
+            done,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let error = worker
+            .join(deadline)
+            .await
+            .expect_err("a panic is an error");
+        assert!(
+            matches!(&error, ServeError::Worker { worker: 3, problem } if problem.starts_with("panicked")),
+            "{error}"
+        );
+    }
+}
