@@ -2,13 +2,15 @@
 //! (an embedder's test suite), `/readyz` while embedded, `Kiln::shutdown`,
 //! and dropping kiln outside any runtime.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use kiln::{App, Generation, Kiln, ReloadError, Trigger};
 
-use crate::util::{Config, EMBED_TIMEOUT, Greeting, Site, get_in_process};
+use crate::util::{Config, EMBED_TIMEOUT, Gate, Greeting, Site, get_in_process, wait_until_async};
 
 /// Answers the greeting of the generation it was built for.
 struct GreetingApp;
@@ -128,4 +130,75 @@ fn dropping_kiln_outside_a_runtime_does_not_panic() {
             drop(rt);
         }
     }
+}
+
+/// Generation 1 answers `/` at once; later ones wait at the gate for ever,
+/// counting in `dropped` each request dropped unanswered.
+struct HangingWarmUp {
+    gate: Arc<Gate>,
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts itself in when dropped.
+struct CountDrop(Arc<AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl App for HangingWarmUp {
+    type Config = Greeting;
+
+    fn router(&self, generation: &Generation<Greeting>) -> Router {
+        if generation.id() == 1 {
+            return Router::new().route("/", get(|| async { "ok" }));
+        }
+        let (gate, dropped) = (self.gate.clone(), self.dropped.clone());
+        Router::new().route(
+            "/",
+            get(move || async move {
+                let _count = CountDrop(dropped);
+                gate.pass().await;
+                "never"
+            }),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_reload_whose_warm_up_times_out_drops_its_warm_requests() {
+    let site = Site::new(&config("one"));
+    let gate = Arc::new(Gate::default());
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    let app = HangingWarmUp {
+        gate: gate.clone(),
+        dropped: dropped.clone(),
+    };
+    let kiln = Kiln::start(app, loaded).await.expect("kiln starts");
+    let _router = kiln.router().await.expect("a worker attaches");
+
+    site.write_config(
+        &Config::sqlite()
+            .greeting("two")
+            .set_str("server.warm_timeout", "1s")
+            .render(),
+    );
+    let refused = kiln.reload(Trigger::Api).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ReloadError::Build(kiln::BuildError::Timeout { .. }))
+        ),
+        "{refused:?}"
+    );
+    gate.wait_entered(1).await;
+    wait_until_async(
+        "the refused generation's warm request to be dropped",
+        || dropped.load(Ordering::SeqCst) >= 1,
+    )
+    .await;
+    assert_eq!(kiln.current().id(), 1);
 }

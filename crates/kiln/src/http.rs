@@ -150,25 +150,26 @@ pub(crate) async fn warm_requests(
     Ok(())
 }
 
-/// One in-process HTTP/1.1 connection to a worker's app over a pipe.
+/// One in-process HTTP/1.1 connection to a worker's app over a pipe. Its
+/// tasks (the client and server halves) are aborted when it is dropped, so
+/// that a warm-up given up on (a reload's timeout) does not leave a request
+/// running.
 struct InProcess {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    tasks: tokio::task::JoinSet<()>,
 }
 
 impl InProcess {
     async fn connect(app: Arc<WorkerApp>) -> Result<Self, String> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let server = serve_connection(server_io, GenerationService::fixed(app), None);
-        let server = tokio::spawn(async move { drop(server.await) });
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async move { drop(server.await) });
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
             .await
             .map_err(|e| format!("in-process connection failed: {e}"))?;
-        let client = tokio::spawn(async move { drop(connection.await) });
-        Ok(Self {
-            sender,
-            tasks: [client, server],
-        })
+        tasks.spawn(async move { drop(connection.await) });
+        Ok(Self { sender, tasks })
     }
 
     async fn get(&mut self, path: &str) -> Result<(), String> {
@@ -191,11 +192,9 @@ impl InProcess {
         warm_answer(path, status)
     }
 
-    async fn close(self) {
+    async fn close(mut self) {
         drop(self.sender);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 

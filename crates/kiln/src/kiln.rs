@@ -184,12 +184,14 @@ impl<A: App> Kiln<A> {
     ///
     /// When the app cannot be built or a warm request fails.
     pub async fn worker(&self) -> Result<Worker, BuildError> {
-        let mut app = self.build_worker_app(self.current(), None).await;
+        let built_for = self.current();
+        let mut app = self.build_worker_app(built_for.clone(), None).await;
         // Register under the reload lock so that no reload can miss this worker;
-        // if one was published while we were building, build again.
+        // if one was published while we were building (whether or not that
+        // build succeeded), build again for it.
         let _serialized = self.shared.reload_lock.lock().await;
         let current = self.current();
-        if matches!(&app, Ok(app) if app.generation != current.id()) {
+        if current.id() != built_for.id() {
             app = self.build_worker_app(current, None).await;
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
