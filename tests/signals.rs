@@ -98,8 +98,11 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
 fn sigterm_cuts_what_outlives_the_grace_and_exits_non_zero() {
     // A blocking query (SQLite's runs on the blocking pool) that outlives the
     // grace, and a client holding half a request head on the admin port.
-    let config = Config::sqlite().set_str("server.shutdown_grace", "1s");
-    let mut server = Server::start(&config.render());
+    let config = |grace: &str| Config::sqlite().set_str("server.shutdown_grace", grace);
+    let mut server = Server::start(&config("600s").render());
+    // The grace is read when the drain starts: a reload changes it.
+    server.site.write_config(&config("1s").render());
+    assert_eq!(server.reload().status, 200, "shutdown_grace reloads");
     let _held = slow_request(&server, 300);
     wait_slow_started(&server, 1);
     let mut half = TcpStream::connect(server.admin_addr()).expect("connect to admin");
@@ -184,4 +187,41 @@ fn sigint_exits_zero_with_idle_connection_open() {
     server.signal("INT");
     let exit = server.wait_exit();
     assert_eq!(exit.code(), Some(0), "kiln exits 0 on SIGINT ({exit})");
+}
+
+#[test]
+fn a_reload_in_flight_when_the_drain_begins_is_refused_and_the_drain_exits_zero() {
+    let pg = util::postgres();
+    // New connections through the proxy are held: the reload that builds
+    // a pool on it is still warming when SIGTERM arrives.
+    let proxy = PgProxy::start(Duration::from_secs(3));
+    let mut server = Server::start(&Config::postgres(&pg.url()).render());
+    server
+        .site
+        .write_config(&Config::postgres(&pg.url_at(&proxy.addr().to_string())).render());
+    let reload = {
+        let url = server.admin_url("/admin/reload");
+        thread::spawn(move || {
+            util::call(&util::agent(), "POST", &url, &[], Some(""))
+                .map(|reply| (reply.status, reply.body))
+                .map_err(|e| e.to_string())
+        })
+    };
+    util::wait_until(WAIT, "the reload to reach the database", || {
+        proxy.accepted() > 0
+    });
+
+    server.signal("TERM");
+    let (status, body) = reload
+        .join()
+        .expect("the client thread")
+        .expect("the reload answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let exit = server.wait_exit();
+    assert_eq!(exit.code(), Some(0), "kiln exits 0 after draining ({exit})");
+    assert!(
+        !server.stderr.text().contains("Reloaded"),
+        "the reload was published during the drain"
+    );
 }

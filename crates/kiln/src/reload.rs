@@ -231,6 +231,10 @@ impl<A: App> Kiln<A> {
             .map(|(_, pool)| pool.clone())
             .collect();
         let staged = self.stage(generation.clone(), generation.built()).await?;
+        // A drain that began meanwhile is closing the pools: publish nothing.
+        if self.shared.readiness.is_draining() {
+            return Err(ReloadError::Draining);
+        }
         let rebuilt = [generation.built(), &generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = candidate {
             let file = current.source().to_path_buf();
