@@ -1,0 +1,69 @@
+//! The drain: readiness off, the drain delay, then one deadline for
+//! everything that is left.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::workers::WorkerHandle;
+use crate::{App, Kiln, ServeError};
+
+/// How long past the drain's deadline kiln waits for a worker thread to end
+/// before exiting without it (a handler that never yields holds its thread).
+const JOIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// Drains after `signal`: readiness off, `drain_delay` of serving as usual,
+/// then one deadline (`shutdown_grace` from then) for the workers' requests
+/// and blocking work, the admin listener, the thread joins and the pools.
+pub(super) async fn drain<A: App>(
+    kiln: &Kiln<A>,
+    signal: &'static str,
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+    workers: Vec<WorkerHandle>,
+    admin: tokio::task::JoinHandle<usize>,
+) -> Result<(), ServeError> {
+    // The current generation's values: a reload may have changed them.
+    let server = kiln.current().config().server.clone();
+    let grace = server.shutdown_grace;
+    tracing::info!(
+        signal,
+        grace = %humantime::format_duration(grace),
+        drain_delay = %humantime::format_duration(server.drain_delay),
+        "Draining: readiness off, then no new connections, finishing in-flight requests"
+    );
+    kiln.shared.readiness.set_draining();
+    if !server.drain_delay.is_zero() {
+        tokio::time::sleep(server.drain_delay).await;
+        tracing::info!("Drain delay over: closing the listeners");
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    stop.send_replace(Some(deadline));
+
+    let mut cut = 0;
+    let mut failed = None;
+    for worker in workers {
+        match worker.join(deadline + JOIN_MARGIN).await {
+            Ok(n) => cut += n,
+            Err(e) => {
+                tracing::error!(error = %e, "A worker did not stop cleanly");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    // accept_loop ends by the deadline.
+    cut += admin.await.unwrap_or(0);
+    kiln.close_pools(deadline).await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if cut > 0 {
+        let e = ServeError::Cut {
+            requests: cut,
+            grace,
+        };
+        tracing::warn!(requests = cut, "Stopped: {e}");
+        return Err(e);
+    }
+    tracing::info!("Stopped: every in-flight request finished, pools closed");
+    Ok(())
+}
