@@ -17,11 +17,8 @@ fn half_a_head(server: &Server) -> TcpStream {
     stream
 }
 
-#[test]
-fn an_unfinished_request_head_is_cut_after_header_read_timeout() {
-    let config = Config::sqlite().set_str("server.header_read_timeout", "1s");
-    let server = Server::start(&config.render());
-    let mut stream = half_a_head(&server);
+/// Asserts the server ends `stream` (a half-sent head) well within 20 s.
+fn assert_cut_by_the_limit(stream: &mut TcpStream) {
     // Far longer than the limit, so that only a limit that never fires fails.
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -40,8 +37,27 @@ fn an_unfinished_request_head_is_cut_after_header_read_timeout() {
         }
         Err(e) => panic!("the connection was not cut by header_read_timeout = 1s: {e}"),
     }
+}
+
+#[test]
+fn an_unfinished_request_head_is_cut_after_header_read_timeout() {
+    let config = Config::sqlite().set_str("server.header_read_timeout", "1s");
+    let server = Server::start(&config.render());
+    assert_cut_by_the_limit(&mut half_a_head(&server));
     // The server keeps serving everyone else.
     assert_eq!(server.get("/").body, "Hello from kiln");
+}
+
+#[test]
+fn the_admin_listener_cuts_an_unfinished_request_head_too() {
+    let config = Config::sqlite().set_str("server.header_read_timeout", "1s");
+    let server = Server::start(&config.render());
+    let mut stream = TcpStream::connect(server.admin_addr()).expect("connect");
+    stream
+        .write_all(b"GET /admin/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("send half a head");
+    assert_cut_by_the_limit(&mut stream);
+    assert_eq!(server.admin_get("/admin/status").status, 200);
 }
 
 #[test]
