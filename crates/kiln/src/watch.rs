@@ -35,8 +35,8 @@ impl<A: App> Kiln<A> {
     /// Watches the configuration file and reloads (trigger `watch`) when its
     /// text changes and `reload.watch` is true in the current generation.
     /// Logs `Watching <path>` once the watch is armed. Runs until kiln
-    /// shuts down (or the watch cannot go on); spawn it.
-    /// [`serve`](crate::serve) does.
+    /// shuts down; returns early only when no watch can be armed at all.
+    /// Spawn it: [`serve`](crate::serve) does.
     pub async fn watch(self) {
         let readiness = self.shared.readiness.clone();
         tokio::select! {
@@ -307,6 +307,8 @@ fn watch_folder(
 ) -> Option<Box<dyn Watcher + Send>> {
     let handler = move |event: notify::Result<Event>| {
         let signal = match event {
+            // Events were dropped (the kernel's queue overflowed).
+            Ok(event) if event.need_rescan() => Signal::Unknown,
             Ok(event) if is_content(&event.kind) => Signal::Changed(event.paths),
             Ok(_) => return,
             Err(_) => Signal::Unknown,
