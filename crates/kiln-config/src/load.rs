@@ -82,15 +82,14 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
         .try_deserialize()
         .map_err(|e| ConfigError::new(path, ErrorKind::Syntax(e.to_string())))?;
     let config: Config<A> = serde_path_to_error::deserialize(merged).map_err(|e| {
-        let path_text = e.path().to_string();
+        let key = key_path(e.path());
         let message = strip_origin(e.into_inner().to_string());
-        ConfigError::new(
-            path,
-            ErrorKind::Type {
-                path: path_text,
-                message,
-            },
-        )
+        let kind = match key {
+            Some(path) => ErrorKind::Type { path, message },
+            // The document itself is at fault (not a table): the file is named.
+            None => ErrorKind::Syntax(message),
+        };
+        ConfigError::new(path, kind)
     })?;
     config
         .validate()
@@ -101,6 +100,37 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
         source: path.to_path_buf(),
         text,
     })
+}
+
+/// A dotted key path as TOML writes it, items as `[i]`: a key that is
+/// empty or holds a dot, a space or a quote is quoted (`app."a.b"`, `""`).
+/// `None` at the root.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        let key = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => key.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let bare = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '?'));
+        if bare {
+            out.push_str(key);
+        } else {
+            out.push_str(&serde_json::to_string(key).expect("a string serializes"));
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The file format its extension names.
@@ -290,5 +320,35 @@ mod tests {
     fn public_admin_needs_a_token() {
         let err = load_text("[admin]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
         assert_eq!(err.key(), Some("admin.token"), "{err}");
+    }
+
+    /// Found by `cargo fuzz` (parse_config): an empty key was named as an
+    /// empty key path (`deploy.toml: : unknown field ```).
+    #[test]
+    fn an_empty_key_is_named_quoted() {
+        let error = load_text("''=2").unwrap_err();
+        assert_eq!(error.key(), Some("\"\""), "{error}");
+        let error = load_text(&format!("{POOL}[app]\n''=2")).unwrap_err();
+        assert_eq!(error.key(), Some("app.\"\""), "{error}");
+        let error = load_text(&format!("{POOL}[app]\n'a.b'=2")).unwrap_err();
+        assert_eq!(error.key(), Some("app.\"a.b\""), "{error}");
+    }
+
+    /// A document that is not a table at all has no key to name: the error
+    /// names the file.
+    #[test]
+    fn a_document_that_is_no_table_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deploy.json");
+        std::fs::write(&path, "\"text\"").unwrap();
+        let error = load::<App>(&path).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&path.display().to_string()),
+            "{error}"
+        );
+        assert!(
+            error.key().is_none_or(|k| !k.is_empty() && k != "."),
+            "{error}"
+        );
     }
 }
