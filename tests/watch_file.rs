@@ -26,6 +26,9 @@ const SAME_AS_CURRENT: &str = "text is the current generation's; nothing to relo
 const SAME_AS_TRIED: &str = "text is the one tried last";
 /// Logged by a look while `reload.watch` is false.
 const WATCH_OFF: &str = "reload.watch is false; not reloading";
+/// Logged when a reload that failed for a reason that may pass is scheduled
+/// to be tried again.
+const RETRYING: &str = "trying the same text again";
 /// Logged when every change since the last look was to another file.
 const IGNORED: &str = "Ignored changes to other files";
 
@@ -233,9 +236,15 @@ fn invalid_save_is_logged_once_and_a_later_good_save_applies() {
         "the cause is named: {failures:#?}"
     );
 
-    // The same bad bytes saved again are not tried again (and an invalid
-    // text is not retried on its own: the log holds one error at the end).
+    // The same bad bytes saved again are not tried again; nor is an invalid
+    // text retried on its own (a retry is logged when the failure is, before
+    // the watcher's next look).
     after_look(&server, SAME_AS_TRIED, || server.site.write_config(&bad));
+    let log = server.stderr.text();
+    assert!(
+        !log.contains(RETRYING),
+        "an invalid save is retried:\n{log}"
+    );
     server.site.write_config(&watched("better").render());
     assert_watch_applied(&server, "better", 2);
 
@@ -456,6 +465,7 @@ fn save_that_failed_to_build_is_retried_until_it_applies() {
             .is_some_and(|e| e.contains("extra")),
         "the pool is named: {failure}"
     );
+    wait_for_log(&server, 0, RETRYING);
     server.assert_serving("one", 1);
 
     std::fs::remove_file(server.site.path("blocked")).expect("clear the way");
