@@ -12,5 +12,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 for target in $(cargo fuzz list); do
     echo "== $target for ${seconds}s"
-    cargo fuzz run "$target" -- -max_total_time="$seconds"
+    # The corpus grows in fuzz/corpus/ (ignored by git); fuzz/seeds/ starts it.
+    mkdir -p "fuzz/corpus/$target"
+    cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- -max_total_time="$seconds"
 done

@@ -225,8 +225,7 @@ impl FileWatch {
             source,
             target: None,
         };
-        watch.resolve_again(enabled);
-        if watch.target.is_none() {
+        if !watch.resolve_again(enabled) {
             announce(&watch.source.display().to_string(), enabled);
         }
         Some(watch)
@@ -234,15 +233,16 @@ impl FileWatch {
 
     /// Resolves the link again and moves the second watch to the target's
     /// folder if it changed (logging `Watching <path> (a link to <target>)`).
-    fn resolve_again(&mut self, enabled: bool) {
+    /// Whether it changed.
+    fn resolve_again(&mut self, enabled: bool) -> bool {
         // Missing for an instant mid-swap: keep watching where it was.
         let Ok(resolved) = std::fs::canonicalize(&self.source) else {
-            return;
+            return false;
         };
         let own_folder = self.source.parent().and_then(|f| f.canonicalize().ok());
         let target = (resolved.parent() != own_folder.as_deref()).then_some(resolved);
         if target == self.target {
-            return;
+            return false;
         }
         if let Some(old) = self.target.as_ref().and_then(|t| t.parent()) {
             // The folder may be gone already (a ConfigMap's old data folder).
@@ -253,11 +253,15 @@ impl FileWatch {
         {
             tracing::warn!(%error, folder = %folder.display(), "Cannot watch the folder the configuration links to; only changes to the link itself are seen");
         }
-        if let Some(target) = &target {
-            let path = format!("{} (a link to {})", self.source.display(), target.display());
-            announce(&path, enabled);
+        match &target {
+            Some(target) => announce(
+                &format!("{} (a link to {})", self.source.display(), target.display()),
+                enabled,
+            ),
+            None => announce(&self.source.display().to_string(), enabled),
         }
         self.target = target;
+        true
     }
 
     /// Whether `seen` may have changed the file's text: an event on the
