@@ -476,3 +476,37 @@ fn save_that_failed_to_build_is_retried_until_it_applies() {
     assert_eq!(json_strings(&entry["rebuilt"]), ["extra"], "{entry}");
     assert_eq!(generation, 2);
 }
+
+/// The same with a database that is down: pool `extra` is on PostgreSQL
+/// behind a proxy that has cut it off; once the proxy restores it, the save
+/// applies on a retry, without a new save.
+#[test]
+fn save_whose_database_was_down_applies_once_it_is_back() {
+    let config = |greeting: &str| watched(greeting).set_str("server.warm_timeout", "2s");
+    let server = start_watched(&config("one"));
+    let schema = util::postgres();
+    let proxy = util::PgProxy::start(std::time::Duration::ZERO);
+    proxy.cut();
+    let two = config("two")
+        .set_str("pools.extra.kind", "postgres")
+        .set_str("pools.extra.url", &schema.url_at(&proxy.addr().to_string()))
+        .set("pools.extra.max_size", "1")
+        .set("pools.extra.warm", "1");
+    server.site.write_config(&two.render());
+    wait_for_log(&server, 0, RETRYING);
+    let failure = &server.history_of("watch")[0];
+    assert!(
+        failure["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("extra")),
+        "the pool is named: {failure}"
+    );
+    server.assert_serving("one", 1);
+
+    proxy.restore();
+    let generation = server.wait_for_greeting("two");
+    let entry = server.wait_for_history_entry(generation);
+    assert_eq!(entry["error"], Value::Null, "{entry}");
+    assert_eq!(json_strings(&entry["rebuilt"]), ["extra"], "{entry}");
+    assert_eq!(generation, 2);
+}
