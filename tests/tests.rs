@@ -23,4 +23,5 @@ mod rollback_history;
 mod signals;
 mod startup_fails;
 mod startup_warm;
+mod systemd_notify;
 mod watch_file;

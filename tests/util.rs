@@ -172,13 +172,18 @@ impl Site {
 // ---------------------------------------------------------------------------
 
 /// The binary under test with a predictable environment: no inherited
-/// `KILN_*` settings (config overrides, admin URL) or `RUST_LOG`, no colours.
+/// `KILN_*` settings (config overrides, admin URL), systemd variables or
+/// `RUST_LOG`, no colours.
 pub(crate) fn kiln_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("KILN_") {
             cmd.env_remove(key);
         }
+    }
+    // Nor the notification socket of a service manager running the tests.
+    for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(key);
     }
     cmd.env_remove("RUST_LOG")
         .env("NO_COLOR", "1")

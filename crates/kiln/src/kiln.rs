@@ -20,6 +20,7 @@ use crate::http::warm_requests;
 use crate::reload::build_generation;
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
+use crate::systemd::Notifier;
 use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 
 /// A handle to kiln: the current generation, published through an
@@ -42,6 +43,8 @@ pub(crate) struct Shared<A: App> {
     pub(crate) reload_lock: tokio::sync::Mutex<Option<String>>,
     pub(crate) history: History,
     pub(crate) readiness: Arc<Readiness>,
+    /// What systemd is told; silent unless kiln runs as the server.
+    pub(crate) systemd: Notifier,
     started: Instant,
 }
 
@@ -505,6 +508,7 @@ impl<A: App> Builder<A> {
                 reload_lock: tokio::sync::Mutex::new(None),
                 history: History::default(),
                 readiness: Arc::default(),
+                systemd: Notifier::default(),
                 started: Instant::now(),
             }),
         })

@@ -94,6 +94,7 @@ mod reload;
 mod resource;
 mod server;
 mod service;
+mod systemd;
 mod watch;
 
 pub use crate::app::{App, BoxError};

@@ -159,7 +159,11 @@ impl<A: App> Kiln<A> {
         + Send
         + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
+        self.shared.systemd.reloading();
         let result = self.apply_serialized(choose).await;
+        self.shared
+            .systemd
+            .reloaded(self.current().id(), result.is_err());
         let peer = crate::history::peer();
         match &result {
             Ok(outcome) => tracing::info!(

@@ -85,6 +85,11 @@ pub(crate) async fn serve_with<A: App>(
         kiln.current().pools().len(),
         started.elapsed().as_millis()
     );
+    kiln.shared.systemd.ready(&format!(
+        "generation {}; listening on {main_addr}, admin on {admin_addr}",
+        kiln.current().id()
+    ));
+    crate::systemd::spawn_watchdog();
 
     let signal = signals.serve_until_stopped(&kiln).await;
     drain(&kiln, signal, stop, workers, admin).await

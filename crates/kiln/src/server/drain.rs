@@ -31,6 +31,7 @@ pub(super) async fn drain<A: App>(
         drain_delay = %humantime::format_duration(server.drain_delay),
         "Draining: readiness off, then no new connections, finishing in-flight requests"
     );
+    kiln.shared.systemd.stopping();
     kiln.shared.readiness.set_draining();
     if !server.drain_delay.is_zero() {
         tokio::time::sleep(server.drain_delay).await;
