@@ -2,7 +2,7 @@
 //! datagram socket this test binds and reads): `READY=1` once bound,
 //! `RELOADING=1` + `MONOTONIC_USEC` then `READY=1` around every reload
 //! (a refused one too), `STOPPING=1` when the drain begins, and `WATCHDOG=1`
-//! while `WATCHDOG_USEC` is set.
+//! while `WATCHDOG_USEC` is set; nothing from an app that embeds kiln.
 
 use std::collections::VecDeque;
 use std::os::unix::net::UnixDatagram;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::util::{Config, Server};
+use crate::util::{Config, Server, Site, agent, call, free_addr};
 
 /// How long one notification may take to arrive.
 const WAIT: Duration = Duration::from_secs(60);
@@ -158,6 +158,42 @@ fn notifies_ready_reloading_and_stopping_in_order() {
         assert!(
             !message.contains("READY=1"),
             "READY=1 after STOPPING=1: {message}"
+        );
+    }
+}
+
+#[test]
+fn an_embedding_app_sends_nothing() {
+    let systemd = FakeSystemd::bind();
+    let token = "tok-notify-embed";
+    let listen = free_addr().to_string();
+    let server = Server::start_example_with(
+        "embed",
+        Site::new(&Config::sqlite().render()),
+        &[&listen],
+        &[
+            ("KILN__ADMIN__TOKEN", token),
+            ("NOTIFY_SOCKET", systemd.path.as_str()),
+        ],
+    );
+    let bearer = format!("Bearer {token}");
+    let reply = call(
+        &agent(),
+        "POST",
+        &server.url("/ops/reload"),
+        &[("authorization", bearer.as_str())],
+        Some(""),
+    )
+    .expect("the example answers");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // kiln notifies synchronously, before the reload answers: anything it
+    // sent is queued by now.
+    systemd.socket.set_nonblocking(true).unwrap();
+    let mut buf = [0; 4096];
+    if let Ok(n) = systemd.socket.recv(&mut buf) {
+        panic!(
+            "an embedded kiln notified systemd: {}",
+            String::from_utf8_lossy(&buf[..n])
         );
     }
 }
