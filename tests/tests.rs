@@ -10,6 +10,7 @@ mod cli;
 mod config_patch;
 mod connections;
 mod db_outage;
+mod deploy_files;
 mod embed_keyed;
 mod embed_lifecycle;
 mod embed_panics;
