@@ -38,6 +38,12 @@ type Stop = watch::Receiver<Option<tokio::time::Instant>>;
 /// `Runtime::shutdown_background` (or `shutdown_timeout`), not a plain
 /// drop, which waits for it.
 ///
+/// Under systemd (`NOTIFY_SOCKET` set), it sends `READY=1` once bound,
+/// `RELOADING=1` (with `MONOTONIC_USEC`) and `READY=1` around every reload,
+/// `STOPPING=1` when the drain begins, `STATUS=` with the generation, and
+/// `WATCHDOG=1` every half `WATCHDOG_USEC`. [`Kiln::start`] never does: an
+/// embedding app owns its unit.
+///
 /// # Errors
 ///
 /// A [`ServeError`]: start-up failed or was interrupted (nothing was
