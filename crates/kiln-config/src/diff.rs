@@ -11,6 +11,13 @@ pub fn diff(old: &Value, new: &Value) -> Vec<String> {
     changed
 }
 
+/// Whether key `path` is `key` or lies under it (`pools.main.url` is under
+/// `pools.main`, `pools.mainly` is not).
+pub(crate) fn is_under(path: &str, key: &str) -> bool {
+    path.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 fn walk(path: &str, old: &Value, new: &Value, changed: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(old), Value::Object(new)) => {
@@ -48,6 +55,14 @@ mod tests {
             ["app.greeting", "pools.extra", "pools.main.warm"]
         );
         assert!(diff(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_path_is_under_its_own_key_and_its_parents_only() {
+        assert!(is_under("pools.main", "pools.main"));
+        assert!(is_under("pools.main.url", "pools.main"));
+        assert!(!is_under("pools.mainly", "pools.main"));
+        assert!(!is_under("pools", "pools.main"));
     }
 }
 

@@ -1,7 +1,8 @@
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat};
+use config::{Environment, File, FileFormat, Source as _};
 use serde_json::Value;
 
 use crate::{AppConfig, Config, ConfigError, ErrorKind};
@@ -22,6 +23,10 @@ pub struct Loaded<A> {
     pub source: PathBuf,
     /// The file's text, exactly as read (secrets included: never print it).
     pub text: String,
+    /// The key paths an environment variable sets, each with the variable's
+    /// name (`app.greeting` → `KILN__APP__GREETING`): the file's value for
+    /// them is not the one served.
+    pub env_overrides: BTreeMap<String, String>,
 }
 
 impl<A: fmt::Debug> fmt::Debug for Loaded<A> {
@@ -66,16 +71,16 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
             ),
         )
     })?;
+    let syntax = |e: config::ConfigError| {
+        ConfigError::new(path, ErrorKind::Syntax(strip_origin(e.to_string())))
+    };
+    let variables = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    let env_overrides = env_overrides(&environment(), variables.collect()).map_err(syntax)?;
     let merged = config::Config::builder()
         .add_source(File::from_str(&text, format))
-        .add_source(
-            Environment::with_prefix("KILN")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        )
+        .add_source(environment())
         .build()
-        .map_err(|e| ConfigError::new(path, ErrorKind::Syntax(strip_origin(e.to_string()))))?;
+        .map_err(syntax)?;
 
     let raw: Value = merged
         .clone()
@@ -99,6 +104,7 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
         raw,
         source: path.to_path_buf(),
         text,
+        env_overrides,
     })
 }
 
@@ -131,6 +137,34 @@ fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// The `KILN__SECTION__KEY` overrides.
+fn environment() -> Environment {
+    Environment::with_prefix("KILN")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}
+
+/// The key paths `environment` sets, each with the name among `variables`
+/// that sets it. config-rs matches the prefix and lowercases the rest: the
+/// same rule finds the name.
+fn env_overrides(
+    environment: &Environment,
+    variables: Vec<String>,
+) -> Result<BTreeMap<String, String>, config::ConfigError> {
+    Ok(environment
+        .collect()?
+        .into_keys()
+        .filter_map(|key| {
+            let lowered = format!("kiln__{}", key.replace('.', "__"));
+            let variable = variables
+                .iter()
+                .find(|name| name.to_lowercase() == lowered)?;
+            Some((key, variable.clone()))
+        })
+        .collect())
 }
 
 /// The file format its extension names.
@@ -314,6 +348,33 @@ mod tests {
             let err = load_text(&format!("[admin]\n{text}\n")).unwrap_err();
             assert_eq!(err.key(), Some(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn env_overrides_name_each_key_and_its_variable() {
+        let variables = [
+            ("KILN__APP__GREETING", "hi"),
+            ("Kiln__Pools__Main__Max_Size", "3"),
+            ("KILNX__APP__OTHER", "no"),
+        ];
+        let environment = environment().source(Some(
+            variables
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
+        let names = variables.iter().map(|(k, _)| k.to_string()).collect();
+        let overrides = env_overrides(&environment, names).unwrap();
+        assert_eq!(
+            overrides.into_iter().collect::<Vec<_>>(),
+            [
+                ("app.greeting".to_owned(), "KILN__APP__GREETING".to_owned()),
+                (
+                    "pools.main.max_size".to_owned(),
+                    "Kiln__Pools__Main__Max_Size".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -53,14 +53,19 @@ pub struct Config<A> {
     pub app: A,
 }
 
-/// Keys that only take effect at start-up: a reload that changes one of them
-/// is refused.
-pub const RESTART_KEYS: [&str; 5] = [
+/// The one table of restart-only keys: a reload that changes one of them
+/// (or anything under it) is refused, naming it. Every other key is live:
+/// a reload applies it. Paths are compared on the effective configuration
+/// (defaults filled), so a key removed from the file that falls back to the
+/// value it already had is no change.
+pub const RESTART_KEYS: &[&str] = &[
     "server.listen",
     "server.workers",
     "server.reuse_port",
     "server.header_read_timeout",
     "admin.listen",
+    // The log's format is fixed when its subscriber is installed.
+    "log.format",
 ];
 
 impl<A: AppConfig> Config<A> {
@@ -105,19 +110,15 @@ impl<A: AppConfig> Config<A> {
         self.app.validate().map_err(|e| e.under("app"))
     }
 
-    /// The [`RESTART_KEYS`] whose values differ in `next`.
+    /// The [`RESTART_KEYS`] whose effective values differ in `next`.
     pub fn restart_required(&self, next: &Self) -> Vec<&'static str> {
-        let differs = [
-            self.server.listen != next.server.listen,
-            self.server.workers != next.server.workers,
-            self.server.reuse_port != next.server.reuse_port,
-            self.server.header_read_timeout != next.server.header_read_timeout,
-            self.admin.listen != next.admin.listen,
-        ];
+        let effective =
+            |config: &Self| serde_json::to_value(config).expect("a config serializes to JSON");
+        let changed = crate::diff(&effective(self), &effective(next));
         RESTART_KEYS
-            .into_iter()
-            .zip(differs)
-            .filter_map(|(key, differs)| differs.then_some(key))
+            .iter()
+            .copied()
+            .filter(|key| changed.iter().any(|path| crate::diff::is_under(path, key)))
             .collect()
     }
 }
@@ -155,7 +156,10 @@ pub struct ServerConfig {
     /// of the CPU a `GET /` takes (`BENCHMARKS.md`). Restart-only.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// Paths each worker serves in-process before the socket is bound.
+    /// Paths each worker serves in-process before the socket is bound (and
+    /// before each reload's swap). None by default: list the paths that pay
+    /// first-use costs (a route that queries a pool), which the app must
+    /// answer with a 2xx or 3xx.
     pub warm_requests: Vec<String>,
 }
 
@@ -185,7 +189,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(30),
-            warm_requests: vec!["/".to_owned()],
+            warm_requests: Vec::new(),
         }
     }
 }
@@ -382,9 +386,11 @@ impl std::fmt::Display for PoolKind {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// The least severe level shown (`RUST_LOG` overrides it).
+    /// The least severe level shown. Live when kiln installed the log
+    /// subscriber (`kiln::logging::init`) and `RUST_LOG` is unset; a reload
+    /// that changes it otherwise is refused, since it would not apply.
     pub level: LogLevel,
-    /// Human-readable or one JSON object per line.
+    /// Human-readable or one JSON object per line. Restart-only.
     pub format: LogFormat,
 }
 
@@ -423,4 +429,51 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_restart_key_names_a_key_of_the_config() {
+        let config = serde_json::to_value(Config::<()>::default_for_tests()).unwrap();
+        for key in RESTART_KEYS {
+            let found = key
+                .split('.')
+                .try_fold(&config, |value, part| value.get(part));
+            assert!(found.is_some(), "{key} is not a key of the config");
+        }
+    }
+
+    #[test]
+    fn restart_required_names_changed_restart_keys_only() {
+        let old = Config::<()>::default_for_tests();
+        let mut new = old.clone();
+        new.server.warm_timeout = Duration::from_secs(1);
+        new.server.shutdown_grace = Duration::from_secs(1);
+        new.log.level = LogLevel::Debug;
+        assert!(old.restart_required(&new).is_empty());
+        new.server.workers = 3;
+        new.admin.listen = SocketAddr::from(([127, 0, 0, 1], 1));
+        new.log.format = LogFormat::Json;
+        assert_eq!(
+            old.restart_required(&new),
+            ["server.workers", "admin.listen", "log.format"]
+        );
+    }
+
+    impl<A: Default> Config<A> {
+        fn default_for_tests() -> Self {
+            Self {
+                server: ServerConfig::default(),
+                admin: AdminConfig::default(),
+                pools: BTreeMap::new(),
+                resources: BTreeMap::new(),
+                reload: ReloadConfig::default(),
+                log: LogConfig::default(),
+                app: A::default(),
+            }
+        }
+    }
 }
