@@ -146,17 +146,17 @@ async fn is_prime(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/custom_resource.toml");
     let config = std::env::args()
         .nth(1)
         .unwrap_or_else(|| default.to_owned());
+    let loaded = kiln::load_config(config.as_ref())?;
+    // kiln's subscriber: reloads apply `log.level`.
+    kiln::logging::init(&loaded.config.log)?;
     // The log shows `Resource warm resource=primes took_ms=…` before `ready:`.
     Kiln::builder(PrimesApp)
         .resource::<PrimeTable>("primes")
-        .serve(kiln::load_config(config.as_ref())?)
+        .serve(loaded)
         .await?;
     Ok(())
 }

@@ -118,13 +118,13 @@ async fn visit(State(site): State<Site>) -> Result<String, (StatusCode, String)>
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenants.toml");
     let config = std::env::args()
         .nth(1)
         .unwrap_or_else(|| default.to_owned());
-    kiln::serve(Keyed::by_host(Tenants), kiln::load_config(config.as_ref())?).await?;
+    let loaded = kiln::load_config(config.as_ref())?;
+    // kiln's subscriber: reloads apply `log.level`.
+    kiln::logging::init(&loaded.config.log)?;
+    kiln::serve(Keyed::by_host(Tenants), loaded).await?;
     Ok(())
 }

@@ -3,14 +3,11 @@
 
 mod notes;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kiln::config::{LogConfig, LogFormat};
-use tracing_subscriber::EnvFilter;
 
 use crate::notes::{Notes, NotesConfig};
 
@@ -34,8 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and validate a configuration, then build and warm every pool
-    /// once (connect, ping) and print a summary. Exits 0 when it would start.
+    /// Check a configuration by doing what start-up does, short of binding:
+    /// parse and validate it, build and warm every pool (connect, ping) and
+    /// resource, run the app's prepare, then build one worker and serve it
+    /// server.warm_requests in-process. Prints a summary; exits 0 when the
+    /// server would start.
+    ///
+    /// It touches what start-up touches: it connects to every database, and
+    /// the app's prepare may write (the demo app creates its notes table if
+    /// missing; SQLite files and their folders are created). Nothing listens.
     Validate {
         /// The configuration file.
         config: PathBuf,
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
 
 fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let loaded = kiln::load_config::<NotesConfig>(path)?;
-    init_logging(&loaded.config.log);
+    kiln::logging::init(&loaded.config.log)?;
     let runtime = control_runtime()?;
     let served = runtime.block_on(kiln::serve(Notes, loaded));
     // A query the grace cut may still hold a blocking thread: do not wait for it.
@@ -97,12 +101,14 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let loaded = kiln::load_config::<NotesConfig>(path)?;
-    init_logging(&loaded.config.log);
+    kiln::logging::init(&loaded.config.log)?;
     let started = std::time::Instant::now();
     // The pools must be dropped where a runtime runs.
     let runtime = control_runtime()?;
     let _entered = runtime.enter();
     let kiln = runtime.block_on(kiln::Kiln::start(Notes, loaded))?;
+    // One worker, as start-up builds each: its app, then its warm requests.
+    drop(runtime.block_on(kiln.worker())?);
     let generation = kiln.current();
     let config = generation.config();
     println!("{}: valid", path.display());
@@ -119,6 +125,10 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
             status.kind, status.size, status.max_size
         );
     }
+    println!(
+        "  one worker built and served {} warm request(s)",
+        config.server.warm_requests.len()
+    );
     println!("  warmed in {} ms", started.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
 }
@@ -153,19 +163,4 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("kiln-control")
         .build()
         .context("cannot build the control runtime")
-}
-
-/// Logs to stderr at `log.level` (or `RUST_LOG`), as text or JSON lines.
-fn init_logging(log: &LogConfig) {
-    // PostgreSQL NOTICEs ("relation already exists, skipping") are not news.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},tokio_postgres=warn", log.level.as_str())));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match log.format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

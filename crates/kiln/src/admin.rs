@@ -245,7 +245,12 @@ pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
         ),
         ReloadError::Patch(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
         ReloadError::RestartRequired(keys) => (StatusCode::CONFLICT, Some(("keys", json!(keys)))),
-        ReloadError::NoPrevious => (StatusCode::CONFLICT, None),
+        ReloadError::Overridden { variable, .. } => {
+            (StatusCode::CONFLICT, Some(("variable", json!(variable))))
+        }
+        ReloadError::LogNotManaged | ReloadError::Drifted { .. } | ReloadError::NoPrevious => {
+            (StatusCode::CONFLICT, None)
+        }
         ReloadError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, None),
         ReloadError::Persist { .. } => (StatusCode::INTERNAL_SERVER_ERROR, None),
         ReloadError::Build(build) => (

@@ -142,6 +142,37 @@ pub enum ReloadError {
     /// The new configuration changes keys that need a restart.
     #[error("these keys need a restart to change: {}", .0.join(", "))]
     RestartRequired(Vec<&'static str>),
+    /// The change sets a key whose value something outside the file
+    /// decides: an environment variable (`KILN__APP__GREETING` for
+    /// `app.greeting`, `RUST_LOG` for `log.level`).
+    #[error(
+        "{key} is set by the environment variable {variable}, which overrides the file: the change would not apply; change {variable} instead (a restart), or unset it"
+    )]
+    Overridden {
+        /// The key path.
+        key: String,
+        /// The environment variable's name.
+        variable: String,
+    },
+    /// The change sets `log.level`, but the process's log subscriber is not
+    /// kiln's ([`logging::init`](crate::logging::init) was not called), so
+    /// kiln cannot apply it.
+    #[error(
+        "log.level cannot change here: this process's log subscriber is not kiln's (kiln::logging::init was not called), so the change would not apply"
+    )]
+    LogNotManaged,
+    /// The source file changed on disk since the current generation was
+    /// loaded, and the operation (a patch, a rollback) would write over that
+    /// unapplied edit or carry it along.
+    #[error(
+        "the file changed on disk since generation {generation} was loaded: reload first (POST /admin/reload) or discard the edit in {}", file.display()
+    )]
+    Drifted {
+        /// The source file.
+        file: std::path::PathBuf,
+        /// The current generation, whose text the file no longer holds.
+        generation: u64,
+    },
     /// The new generation could not be built or warmed.
     #[error(transparent)]
     Build(#[from] BuildError),

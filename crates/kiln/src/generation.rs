@@ -131,6 +131,11 @@ impl<C> Generation<C> {
         &self.loaded.text
     }
 
+    /// Key paths an environment variable overrides, with the variable.
+    pub(crate) fn env_overrides(&self) -> &BTreeMap<String, String> {
+        &self.loaded.env_overrides
+    }
+
     pub(crate) fn raw(&self) -> &Value {
         &self.loaded.raw
     }

@@ -386,15 +386,18 @@ impl<A: App> Kiln<A> {
         }
     }
 
-    /// Publishes a staged generation: kiln's current generation, then every
-    /// worker's app. Each is one atomic pointer store.
+    /// Publishes a staged generation: every worker's app, then kiln's
+    /// current generation, then the news to subscribers, so that whoever
+    /// sees the new generation (through [`current`](Self::current) or
+    /// [`subscribe`](Self::subscribe)) finds every worker already serving
+    /// it. Each is one atomic pointer store.
     pub(crate) fn swap(&self, staged: Staged<A::Config>) {
         let Staged { generation, apps } = staged;
-        self.shared.current.store(generation.clone());
-        self.shared.changes.send_replace(generation);
         for (current, app) in apps {
             current.store(app);
         }
+        self.shared.current.store(generation.clone());
+        self.shared.changes.send_replace(generation);
     }
 
     /// Builds this worker's app for `generation` and serves the warm

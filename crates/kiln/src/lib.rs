@@ -90,6 +90,7 @@ mod history;
 mod http;
 mod keyed;
 mod kiln;
+pub mod logging;
 mod reload;
 mod resource;
 mod server;

@@ -2,10 +2,11 @@
 //! changed, build the app on every worker, then swap. Serialized; any
 //! failure leaves the current generation serving, untouched.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_config::{ErrorKind, FileFormat, Loaded, PatchError};
 use kiln_resources::{ErrorChain, Pool, Pools};
@@ -59,7 +60,8 @@ pub struct ReloadOutcome {
     pub changed: Vec<String>,
     /// Resources built anew (the others were carried over, still warm).
     pub rebuilt: Vec<String>,
-    /// Time from the request to every worker serving the new generation.
+    /// Time from the call (including any wait for an earlier reload to
+    /// end) to every worker serving the new generation.
     pub took_ms: u64,
 }
 
@@ -87,15 +89,21 @@ impl<A: App> Kiln<A> {
         self.apply(trigger, |_, _| Ok(Candidate::File)).await
     }
 
-    /// Applies a JSON merge patch (RFC 7396) to the source file: the patched
-    /// document is validated and warmed like a reload, then written to the
-    /// file atomically (comments, key order and formatting kept), then
-    /// swapped in. With `if_match` (an `ETag` of `GET /admin/config`, i.e.
-    /// a generation id), a patch made against an older generation is refused.
+    /// Applies a JSON merge patch (RFC 7396) to the text of the current
+    /// generation: the patched document is validated and warmed like a
+    /// reload, then written to the source file atomically (comments, key
+    /// order and formatting kept), then swapped in. With `if_match` (an
+    /// `ETag` of `GET /admin/config`, i.e. a generation id), a patch made
+    /// against an older generation is refused.
     ///
     /// # Errors
     ///
     /// A [`ReloadError`]; nothing was applied and the file is untouched.
+    /// Among them: [`ReloadError::Drifted`] when the file on disk is no
+    /// longer the current generation's text (an edit not reloaded yet, which
+    /// the patch would otherwise apply unseen), and
+    /// [`ReloadError::Overridden`] when the patch sets a key an environment
+    /// variable overrides (the change would not apply).
     pub async fn patch(
         &self,
         patch: &Value,
@@ -114,14 +122,16 @@ impl<A: App> Kiln<A> {
             if kiln_config::format_of(source) != Some(FileFormat::Toml) {
                 return Err(PatchError::NotToml(source.display().to_string()).into());
             }
-            let text = std::fs::read_to_string(source).map_err(|e| {
-                ReloadError::Invalid(ConfigError::new(
-                    source,
-                    ErrorKind::Syntax(format!("cannot read the file: {e}")),
-                ))
-            })?;
+            if let Some((key, variable)) = overridden(&patch, current.env_overrides()) {
+                return Err(ReloadError::Overridden {
+                    key: key.clone(),
+                    variable: variable.clone(),
+                });
+            }
+            check_not_drifted(current)?;
             Ok(Candidate::Text(kiln_config::merge_patch_toml(
-                &text, &patch,
+                current.text(),
+                &patch,
             )?))
         })
         .await
@@ -133,14 +143,15 @@ impl<A: App> Kiln<A> {
     ///
     /// # Errors
     ///
-    /// [`ReloadError::NoPrevious`] before the first reload, or any reload
-    /// error; nothing was applied.
+    /// [`ReloadError::NoPrevious`] before the first reload,
+    /// [`ReloadError::Drifted`] when the file on disk is no longer the
+    /// current generation's text (rolling back would discard that edit
+    /// unseen), or any reload error; nothing was applied.
     pub async fn rollback(&self) -> Result<ReloadOutcome, ReloadError> {
-        self.apply(Trigger::Rollback, |_, previous| {
-            previous
-                .clone()
-                .map(Candidate::Text)
-                .ok_or(ReloadError::NoPrevious)
+        self.apply(Trigger::Rollback, |current, previous| {
+            let text = previous.clone().ok_or(ReloadError::NoPrevious)?;
+            check_not_drifted(current)?;
+            Ok(Candidate::Text(text))
         })
         .await
     }
@@ -150,8 +161,9 @@ impl<A: App> Kiln<A> {
         self.shared.history.newest_first()
     }
 
-    /// Runs one serialized reload with the candidate `choose` picks, logs it
-    /// and records it in the history.
+    /// Runs one serialized reload with the candidate `choose` picks, records
+    /// it in the history (under the reload lock, so that the history lists
+    /// attempts in the order they ran), then logs it.
     async fn apply(
         &self,
         trigger: Trigger,
@@ -159,12 +171,20 @@ impl<A: App> Kiln<A> {
         + Send
         + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
+        // tokio's clock, which is std's unless a test pauses it.
+        let started = tokio::time::Instant::now();
+        let peer = crate::history::peer();
+        tracing::debug!(%trigger, "Reload requested");
+        let mut previous_text = self.shared.reload_lock.lock().await;
+        // Under the lock, so that queued reloads tell systemd one at a time.
         self.shared.systemd.reloading();
-        let result = self.apply_serialized(choose).await;
+        let result = self.apply_locked(&mut previous_text, started, choose).await;
         self.shared
             .systemd
             .reloaded(self.current().id(), result.is_err());
-        let peer = crate::history::peer();
+        let capacity = self.current().config().reload.history;
+        self.shared.history.record(trigger, peer, &result, capacity);
+        drop(previous_text);
         match &result {
             Ok(outcome) => tracing::info!(
                 %trigger,
@@ -179,24 +199,24 @@ impl<A: App> Kiln<A> {
                 tracing::error!(%trigger, peer = peer.map(tracing::field::display), error = %ErrorChain(e), "Reload refused; the current generation keeps serving")
             }
         }
-        let capacity = self.current().config().reload.history;
-        self.shared.history.record(trigger, peer, &result, capacity);
         result
     }
 
-    /// `choose`, the file read and the parse run on the blocking pool, like
-    /// the write: never on a runtime that drives connections.
-    async fn apply_serialized(
+    /// The reload itself, with the reload lock held: `previous_text` is the
+    /// text of the configuration the current one replaced. `choose`, the
+    /// file read and the parse run on the blocking pool, like the write:
+    /// never on a runtime that drives connections.
+    async fn apply_locked(
         &self,
+        previous_text: &mut Option<String>,
+        started: tokio::time::Instant,
         choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>
         + Send
         + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
-        let mut previous_text = self.shared.reload_lock.lock().await;
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
         }
-        let started = Instant::now();
         let current = self.current();
         let (candidate, loaded) = blocking({
             let (current, previous) = (current.clone(), previous_text.clone());
@@ -215,6 +235,11 @@ impl<A: App> Kiln<A> {
         let restart = current.config().restart_required(&loaded.config);
         if !restart.is_empty() {
             return Err(ReloadError::RestartRequired(restart));
+        }
+        let level = loaded.config.log.level;
+        let level_changed = level != current.config().log.level;
+        if level_changed {
+            crate::logging::check_level_change()?;
         }
         let changed = kiln_config::diff(current.raw(), &loaded.raw);
         let generation = build_generation(
@@ -251,6 +276,9 @@ impl<A: App> Kiln<A> {
         refused.0 = None;
         let generation = staged.generation_id();
         self.swap(staged);
+        if level_changed {
+            crate::logging::set_level(level);
+        }
         retire(&current, replaced);
         *previous_text = Some(current.text().to_owned());
 
@@ -304,6 +332,63 @@ fn retire<C: AppConfig>(old: &Arc<Generation<C>>, pools: Vec<Pool>) {
         }
         futures_util::future::join_all(pools.into_iter().map(|pool| pool.retire(RETIRE_GAP))).await;
     });
+}
+
+/// Refuses to write the source file over an edit that no generation has
+/// loaded: the file must still hold the current generation's text.
+fn check_not_drifted<C>(current: &Generation<C>) -> Result<(), ReloadError> {
+    let source = current.source();
+    let on_disk = std::fs::read_to_string(source).map_err(|e| {
+        ReloadError::Invalid(ConfigError::new(
+            source,
+            ErrorKind::Syntax(format!("cannot read the file: {e}")),
+        ))
+    })?;
+    if on_disk == current.text() {
+        Ok(())
+    } else {
+        Err(ReloadError::Drifted {
+            file: source.to_path_buf(),
+            generation: current.id(),
+        })
+    }
+}
+
+/// The first of `overrides` (key path → environment variable) that a merge
+/// patch sets or removes, itself or under a table the patch sets or removes.
+fn overridden<'a>(
+    patch: &Value,
+    overrides: &'a BTreeMap<String, String>,
+) -> Option<(&'a String, &'a String)> {
+    let mut patched = Vec::new();
+    patched_paths("", patch, &mut patched);
+    let under = |path: &str, key: &str| {
+        path.strip_prefix(key)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    };
+    overrides
+        .iter()
+        .find(|(key, _)| patched.iter().any(|p| under(key, p) || under(p, key)))
+}
+
+/// The key paths a merge patch sets or removes: its leaves (a `null`, a
+/// value that is not an object).
+fn patched_paths(prefix: &str, patch: &Value, out: &mut Vec<String>) {
+    let Value::Object(members) = patch else {
+        return;
+    };
+    for (key, value) in members {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if value.is_object() {
+            patched_paths(&path, value, out);
+        } else {
+            out.push(path);
+        }
+    }
 }
 
 /// Whether an `If-Match` value names generation `id`: `*`, `"3"`, `W/"3"`,
@@ -384,4 +469,32 @@ pub(crate) async fn build_generation<C: AppConfig>(
         .map(str::to_owned)
         .collect();
     Ok(Generation::new(id, loaded, pools, resources, built))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_patch_touching_an_overridden_key_names_it() {
+        let overrides: BTreeMap<String, String> =
+            [("app.greeting".to_owned(), "KILN__APP__GREETING".to_owned())].into();
+        let named = |patch: Value| overridden(&patch, &overrides).map(|(_, v)| v.as_str());
+        assert_eq!(
+            named(json!({"app": {"greeting": "x"}})),
+            Some("KILN__APP__GREETING")
+        );
+        assert_eq!(named(json!({"app": null})), Some("KILN__APP__GREETING"));
+        assert_eq!(
+            named(json!({"app": {"greeting": {"deeper": 1}}})),
+            Some("KILN__APP__GREETING")
+        );
+        assert_eq!(named(json!({"app": {"greetings": "x"}})), None);
+        assert_eq!(
+            named(json!({"pools": {"main": {"max_size": 3}}, "app": {}})),
+            None
+        );
+        assert_eq!(named(json!("not an object")), None);
+    }
 }
