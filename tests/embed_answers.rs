@@ -124,7 +124,9 @@ async fn a_subscriber_woken_by_a_reload_finds_the_workers_on_the_new_generation(
 
 /// Holds the thread that logs `Reloaded` until a patch's attempt is in the
 /// history: the point where, were the history recorded after the reload
-/// lock was released, a later reload could be recorded first.
+/// lock was released, a later reload could be recorded first. (kiln logs a
+/// reload after releasing the lock; were it logged under the lock, this hook
+/// would hold the patch out until its wait timed out.)
 struct HoldAfterReloaded<A: App> {
     kiln: Kiln<A>,
 }
