@@ -34,6 +34,8 @@
 //! #[tokio::main(flavor = "current_thread")]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
+//!     // Logs as `[log]` says; reloads then apply `log.level` live.
+//!     kiln::logging::init(&loaded.config.log)?;
 //!     kiln::serve(HelloApp, loaded).await?;
 //!     Ok(())
 //! }
