@@ -1,8 +1,13 @@
 //! The demo application `kiln deploy.toml` serves: a greeting from the
-//! config and a small notes API on pool `main` (SQLite or PostgreSQL).
+//! config, a small notes API on pool `main` (SQLite or PostgreSQL), a
+//! WebSocket echo, and (with `app.debug_routes`) routes that misbehave on
+//! purpose, to see kiln's limits at work.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,12 +36,16 @@ const MAX_SLOW: u64 = 600;
 pub(crate) struct NotesConfig {
     /// The text `GET /` answers with.
     pub(crate) greeting: String,
+    /// Serve `GET /debug/panic` (a handler that panics) and
+    /// `GET /debug/sleep?ms=N` (a handler that takes N ms).
+    pub(crate) debug_routes: bool,
 }
 
 impl Default for NotesConfig {
     fn default() -> Self {
         Self {
             greeting: "Hello from kiln".to_owned(),
+            debug_routes: false,
         }
     }
 }
@@ -90,12 +99,20 @@ impl App for Notes {
             pool: generation.pool(POOL).cloned().expect("checked in prepare"),
             retry_after: wait.as_secs().max(1),
         };
-        Router::new()
+        let router = Router::new()
             .route("/", get(greeting))
             .route("/notes", get(list_notes).post(create_note))
             .route("/notes/{id}", get(get_note))
             .route("/slow/{secs}", get(slow))
-            .with_state(state)
+            .route("/ws", get(echo))
+            .with_state(state);
+        if generation.app().debug_routes {
+            router
+                .route("/debug/panic", get(panics))
+                .route("/debug/sleep", get(sleep))
+        } else {
+            router
+        }
     }
 }
 
@@ -129,6 +146,42 @@ async fn greeting(State(state): State<NotesState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         state.greeting,
     )
+}
+
+/// A WebSocket that sends every text or binary message back.
+async fn echo(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            let reply = match message {
+                Message::Text(_) | Message::Binary(_) => message,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// A handler with a bug.
+async fn panics() -> &'static str {
+    panic!("the debug route panics")
+}
+
+#[derive(Deserialize)]
+struct SleepParams {
+    ms: u64,
+}
+
+/// Answers after `ms` milliseconds; logs when it starts.
+async fn sleep(
+    params: Result<Query<SleepParams>, QueryRejection>,
+) -> Result<&'static str, ApiError> {
+    let Query(SleepParams { ms }) = params?;
+    tracing::info!(ms, "debug: sleeping");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok("slept")
 }
 
 async fn create_note(

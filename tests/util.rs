@@ -1461,3 +1461,53 @@ impl Server {
         server
     }
 }
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked body) and returns
+/// its status and body.
+pub(crate) fn read_response(reader: &mut impl BufRead) -> (u16, String) {
+    let (status, _, body) = read_response_with_head(reader);
+    (status, body)
+}
+
+/// Like [`read_response`], with the header lines too (lower-cased, trimmed).
+pub(crate) fn read_response_with_head(reader: &mut impl BufRead) -> (u16, Vec<String>, String) {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let (mut length, mut chunked, mut head) = (0, false, Vec::new());
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("read header");
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().expect("numeric content-length");
+        }
+        chunked |= header.starts_with("transfer-encoding:") && header.contains("chunked");
+        head.push(header);
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("read chunk size");
+            let size = usize::from_str_radix(line.trim(), 16).expect("hex chunk size");
+            let mut chunk = vec![0; size + 2]; // data and CRLF
+            reader.read_exact(&mut chunk).expect("read chunk");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body.resize(length, 0);
+        reader.read_exact(&mut body).expect("read body");
+    }
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}

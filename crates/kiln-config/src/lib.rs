@@ -33,6 +33,7 @@ mod patch;
 mod persist;
 mod schema;
 mod secret;
+mod size;
 
 pub use config::FileFormat;
 pub use diff::diff;
@@ -41,7 +42,8 @@ pub use load::{Loaded, format_of, load, parse};
 pub use patch::{PatchError, merge_patch_toml};
 pub use persist::write_atomic;
 pub use schema::{
-    AdminConfig, AppConfig, Config, LogConfig, LogFormat, LogLevel, PoolConfig, PoolKind,
-    RESTART_KEYS, ReloadConfig, ServerConfig,
+    AdminConfig, AppConfig, Config, LogConfig, LogFormat, LogLevel, MIN_HEADER_BYTES, PoolConfig,
+    PoolKind, RESTART_KEYS, ReloadConfig, ServerConfig,
 };
 pub use secret::{ConnString, Secret};
+pub use size::{ByteSize, ParseByteSizeError};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConnString, Invalid, Secret};
+use crate::{ByteSize, ConnString, Invalid, Secret};
 
 /// The application's own configuration section, `[app]`.
 ///
@@ -63,6 +63,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "server.workers",
     "server.reuse_port",
     "server.header_read_timeout",
+    "server.max_header_bytes",
+    "server.http2",
     "admin.listen",
     // The log's format is fixed when its subscriber is installed.
     "log.format",
@@ -88,6 +90,13 @@ impl<A: AppConfig> Config<A> {
                     format!("{path:?}"),
                 ));
             }
+        }
+        if server.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Invalid::new(
+                "server.max_header_bytes",
+                format!("a size ≥ {MIN_HEADER_BYTES} (hyper's smallest read buffer)"),
+                server.max_header_bytes,
+            ));
         }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             return Err(Invalid::new(
@@ -161,7 +170,32 @@ pub struct ServerConfig {
     /// first-use costs (a route that queries a pool), which the app must
     /// answer with a 2xx or 3xx.
     pub warm_requests: Vec<String>,
+    /// The largest request body a handler may read: a larger declared
+    /// `Content-Length` is answered `413` before the handler runs, and a
+    /// body that grows past it fails to read (axum's extractors answer
+    /// `413`). Reloadable.
+    pub max_body: ByteSize,
+    /// The largest HTTP/1 request head (request line and headers) and
+    /// HTTP/2 header list; larger ones are answered `431`. At least 8KiB.
+    /// Restart-only.
+    pub max_header_bytes: ByteSize,
+    /// How long a handler may take to produce its response head before the
+    /// request is answered `503`; `0s` (the default) turns it off: it costs
+    /// a timer per request. Reloadable.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests one worker runs at once; past it, new requests are answered
+    /// `503` with `Retry-After` at once (load shedding) rather than queued.
+    /// `0` (the default) is no limit. Reloadable.
+    pub max_concurrent: usize,
+    /// Serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on the same
+    /// port. Restart-only.
+    pub http2: bool,
 }
+
+/// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot
+/// be smaller.
+pub const MIN_HEADER_BYTES: ByteSize = ByteSize::kib(8);
 
 impl ServerConfig {
     /// The header-read limit to enforce: `None` when `header_read_timeout`
@@ -190,6 +224,11 @@ impl Default for ServerConfig {
             drain_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(30),
             warm_requests: Vec::new(),
+            max_body: ByteSize::mib(2),
+            max_header_bytes: ByteSize::kib(64),
+            request_timeout: Duration::ZERO,
+            max_concurrent: 0,
+            http2: true,
         }
     }
 }

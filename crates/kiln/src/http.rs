@@ -1,10 +1,17 @@
-//! Serving HTTP/1.1 connections: the accept loop of a worker, with a bounded
-//! graceful shutdown, and in-process warm-up requests through the very same
-//! connection stack over an in-memory pipe.
+//! Serving connections: HTTP/1.1 and (unless `server.http2 = false`)
+//! HTTP/2 with prior knowledge (h2c) on the same port, both with upgrades
+//! (WebSockets), as `axum::serve` does; the accept loop of a worker and its
+//! drain; and in-process warm-up requests through the very same connection
+//! stack over an in-memory pipe.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
@@ -12,53 +19,179 @@ use axum::http::{Request, Response, StatusCode, header};
 use futures_util::future::try_join_all;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tower::Service;
 
-use crate::service::{GenerationService, WorkerApp};
+use crate::service::{Conn, GenerationBody, GenerationService, ResponseFuture, WorkerApp};
 
-/// Serves one connection. With `header_read_timeout`, a client that never
-/// finishes a request head (or idles between requests) for that long is
-/// cut; hyper arms a timer for every request to enforce it.
-fn serve_connection<I, S>(
-    io: I,
-    service: S,
-    header_read_timeout: Option<Duration>,
-) -> hyper::server::conn::http1::Connection<TokioIo<I>, TowerToHyperService<S>>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService,
-{
-    let mut builder = http1::Builder::new();
-    builder
-        .header_read_timeout(header_read_timeout)
-        // Head and body in one buffer, one write: for the small answers most
-        // requests get, about 450 fewer instructions than a vectored write
-        // (`kiln-bench instructions`); axum::serve's stack writes this way too.
-        .writev(false);
-    if header_read_timeout.is_some() {
-        builder.timer(TokioTimer::new());
-    }
-    builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+/// How a worker serves its connections: the restart-only `[server]` keys.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnOptions {
+    /// `server.header_read_timeout`, if on.
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// `server.max_header_bytes`.
+    pub(crate) max_header_bytes: usize,
+    /// `server.http2`.
+    pub(crate) http2: bool,
 }
 
-/// A tower service kiln serves connections with: a worker's
-/// [`GenerationService`] or the admin `Router`.
+impl ConnOptions {
+    /// The options of `server`.
+    pub(crate) fn of(server: &kiln_config::ServerConfig) -> Self {
+        Self {
+            header_read_timeout: server.header_read_limit(),
+            max_header_bytes: server.max_header_bytes.as_usize(),
+            http2: server.http2,
+        }
+    }
+
+    /// The connection builder these options describe.
+    fn builder(&self) -> Protocols {
+        // hyper's and the auto builder's HTTP/1 settings share names, not a type.
+        macro_rules! http1 {
+            ($builder:expr) => {{
+                let builder = $builder;
+                builder
+                    .header_read_timeout(self.header_read_timeout)
+                    // A request head larger than this is answered 431 by hyper.
+                    .max_buf_size(self.max_header_bytes)
+                    // Head and body in one buffer, one write: for the small
+                    // answers most requests get, about 450 fewer instructions
+                    // than a vectored write (`kiln-bench instructions`);
+                    // axum::serve's stack writes this way too.
+                    .writev(false);
+                // hyper arms a timer for every request to enforce the head timeout.
+                if self.header_read_timeout.is_some() {
+                    builder.timer(TokioTimer::new());
+                }
+            }};
+        }
+        if !self.http2 {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            http1!(&mut builder);
+            return Protocols::Http1(builder);
+        }
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        http1!(&mut builder.http1());
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        Protocols::Auto(builder)
+    }
+}
+
+/// How a worker's connections are served: HTTP/1.1 and HTTP/2 (the auto
+/// builder reads the first bytes to tell them apart), or HTTP/1.1 only.
+/// Both with upgrades.
+enum Protocols {
+    Auto(auto::Builder<TokioExecutor>),
+    Http1(hyper::server::conn::http1::Builder),
+}
+
+/// How long an idle HTTP/1 connection stays open once drain begins (at most
+/// half of the time left), so that a request already on the wire is still
+/// answered (with `Connection: close`) rather than cut.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// One worker's connections, counted for the drain.
+#[derive(Default)]
+struct Tracker {
+    /// Sockets open, upgraded ones included.
+    open: AtomicUsize,
+    /// Signalled when `open` drops to zero.
+    closed: Notify,
+    /// Set when the worker starts draining: HTTP/1 responses close their
+    /// connection.
+    draining: Arc<AtomicBool>,
+}
+
+/// A socket counted in its worker's [`Tracker`] until dropped (for an
+/// upgraded connection, when the upgraded protocol lets go of it), and
+/// holding what its connection's requests share.
+struct Tracked<I> {
+    io: I,
+    tracker: Arc<Tracker>,
+    _conn: Arc<Conn>,
+}
+
+impl<I> Drop for Tracked<I> {
+    fn drop(&mut self) {
+        if self.tracker.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.closed.notify_one();
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The hyper service of one connection: the worker's service, told which
+/// connection each request came on.
+pub(crate) struct ConnService {
+    service: GenerationService,
+    conn: Arc<Conn>,
+}
+
+impl ConnService {
+    /// `service` serving requests of connection `conn`.
+    pub(crate) fn new(service: GenerationService, conn: &Arc<Conn>) -> Self {
+        Self {
+            service,
+            conn: conn.clone(),
+        }
+    }
+}
+
+/// A hyper service kiln serves connections with: a worker's
+/// [`ConnService`], or the admin `Router` (through `TowerToHyperService`).
 pub(crate) trait HttpService:
-    Service<
+    hyper::service::Service<
         Request<Incoming>,
         Response = Response<Self::Body>,
         Error = Infallible,
         Future: Send + 'static,
-    > + Clone
-    + Send
+    > + Send
     + 'static
 {
     /// The response body.
@@ -67,8 +200,7 @@ pub(crate) trait HttpService:
 
 impl<S, B> HttpService for S
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -77,31 +209,118 @@ where
     type Body = B;
 }
 
-/// Accepts connections, each served by `service(peer)`, until `shutdown`
-/// holds a deadline, then lets open connections finish their requests until
-/// that deadline. Returns how many connections were cut at the deadline.
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<GenerationBody>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<Incoming>) -> ResponseFuture {
+        self.service.serve(request, Some(&self.conn))
+    }
+}
+
+/// Serves one connection until it ends; once `stop` carries the drain
+/// deadline, asks it to finish: HTTP/2 at once (GOAWAY), HTTP/1 after
+/// [`LINGER`] (its responses meanwhile say `Connection: close`). Whatever
+/// is still open at the deadline is cut by the accept loop's caller.
+async fn serve_connection<I, S: HttpService>(
+    protocols: Arc<Protocols>,
+    io: I,
+    service: S,
+    conn: Arc<Conn>,
+    stop: watch::Receiver<Option<Instant>>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    match &*protocols {
+        Protocols::Auto(builder) => {
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            drain(connection, |c| c.graceful_shutdown(), &conn, stop).await;
+        }
+        Protocols::Http1(builder) => {
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            drain(connection, |c| c.graceful_shutdown(), &conn, stop).await;
+        }
+    }
+}
+
+/// Drives `connection` to its end, calling `shutdown` on it once `stop`
+/// carries the drain deadline (see [`serve_connection`]).
+async fn drain<C, E>(
+    connection: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    conn: &Conn,
+    mut stop: watch::Receiver<Option<Instant>>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connection = pin!(connection);
+    let deadline = tokio::select! {
+        biased;
+        result = connection.as_mut() => return ended(result),
+        // Copied out: the watch's guard must not live across an await.
+        stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) } => {
+            stopped.ok().flatten()
+        }
+    };
+    if !conn.is_h2() {
+        let left = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => return ended(result),
+            () = tokio::time::sleep(LINGER.min(left / 2)) => {}
+        }
+    }
+    shutdown(connection.as_mut());
+    ended(connection.await);
+}
+
+fn ended<E: std::fmt::Display>(result: Result<(), E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "Connection ended with an error");
+    }
+}
+
+/// Accepts connections, each served by `service(peer, conn)`, until `stop`
+/// carries a deadline, then drains: the
+/// listener closes, HTTP/2 connections get GOAWAY, HTTP/1 responses say
+/// `Connection: close` and idle HTTP/1 connections close after a short
+/// linger; in-flight requests and upgraded connections may run until the
+/// deadline. Returns how many connections were still open at the deadline,
+/// each with a request in flight or upgraded: the caller cuts them by
+/// dropping the worker's runtime.
 pub(crate) async fn accept_loop<S: HttpService>(
     listener: TcpListener,
-    service: impl Fn(SocketAddr) -> S,
-    mut shutdown: watch::Receiver<Option<Instant>>,
-    header_read_timeout: Option<Duration>,
+    service: impl Fn(SocketAddr, &Arc<Conn>) -> S,
+    mut stop: watch::Receiver<Option<Instant>>,
+    options: &ConnOptions,
 ) -> usize {
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(options.builder());
+    let tracker = Arc::new(Tracker::default());
+    let each_stop = stop.clone();
     let deadline = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = graceful.watch(serve_connection(
-                        stream,
-                        service(peer),
-                        header_read_timeout,
-                    ));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "Connection ended with an error");
-                        }
+                    let conn = Arc::new(Conn::new(tracker.draining.clone()));
+                    tracker.open.fetch_add(1, Ordering::AcqRel);
+                    let io = TokioIo::new(Tracked {
+                        io: stream,
+                        tracker: tracker.clone(),
+                        _conn: conn.clone(),
                     });
+                    let service = service(peer, &conn);
+                    tokio::spawn(serve_connection(
+                        builder.clone(),
+                        io,
+                        service,
+                        conn,
+                        each_stop.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -109,17 +328,22 @@ pub(crate) async fn accept_loop<S: HttpService>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            deadline = async { shutdown.wait_for(Option::is_some).await.map(|d| *d) } => {
+            stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) } => {
                 // A dropped sender means the server is gone: stop now.
-                break deadline.ok().flatten().unwrap_or_else(Instant::now);
+                break stopped.ok().flatten().unwrap_or_else(Instant::now);
             }
         }
     };
     drop(listener);
-    let open = graceful.count();
-    tokio::select! {
-        () = graceful.shutdown() => 0,
-        () = tokio::time::sleep_until(deadline) => open,
+    tracker.draining.store(true, Ordering::Relaxed);
+    let all_closed = async {
+        while tracker.open.load(Ordering::Acquire) > 0 {
+            tracker.closed.notified().await;
+        }
+    };
+    match tokio::time::timeout_at(deadline, all_closed).await {
+        Ok(()) => 0,
+        Err(_) => tracker.open.load(Ordering::Acquire),
     }
 }
 
@@ -150,10 +374,10 @@ pub(crate) async fn warm_requests(
     Ok(())
 }
 
-/// One in-process HTTP/1.1 connection to a worker's app over a pipe. Its
-/// tasks (the client and server halves) are aborted when it is dropped, so
-/// that a warm-up given up on (a reload's timeout) does not leave a request
-/// running.
+/// One in-process HTTP/1.1 connection to a worker's app over a pipe, served
+/// by the same builder and service as a real one. Its tasks (the client and
+/// server halves) are aborted when it is dropped, so that a warm-up given up
+/// on (a reload's timeout) does not leave a request running.
 struct InProcess {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     tasks: tokio::task::JoinSet<()>,
@@ -162,9 +386,23 @@ struct InProcess {
 impl InProcess {
     async fn connect(app: Arc<WorkerApp>) -> Result<Self, String> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let server = serve_connection(server_io, GenerationService::fixed(app), None);
+        let builder = Arc::new(
+            ConnOptions {
+                header_read_timeout: None,
+                max_header_bytes: kiln_config::MIN_HEADER_BYTES.as_usize(),
+                http2: false,
+            }
+            .builder(),
+        );
+        let conn = Arc::new(Conn::new(Arc::default()));
+        let service = ConnService::new(GenerationService::fixed(app), &conn);
+        // Never told to stop: it ends when the client hangs up.
+        let (keep, never) = watch::channel(None);
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(async move { drop(server.await) });
+        tasks.spawn(async move {
+            serve_connection(builder, TokioIo::new(server_io), service, conn, never).await;
+            drop(keep);
+        });
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
             .await
             .map_err(|e| format!("in-process connection failed: {e}"))?;

@@ -1,24 +1,36 @@
-//! The request path: load the worker's current app (lock-free), run it, tag
-//! the response with its generation, release the generation when the body
-//! is done.
+//! The request path: load the worker's current app (lock-free), apply the
+//! generation's limits (body size, concurrency, time), run it with panics
+//! caught, tag the response with its generation, release the generation
+//! when the body is done (or, for an upgraded connection, when the
+//! connection closes).
 
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
+use axum::response::IntoResponse;
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
+use http_body_util::Limited;
+use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
+use serde_json::json;
 use tokio::sync::watch;
-use tower::Service;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
 
 use crate::{App, Generation};
 
@@ -30,9 +42,26 @@ pub(crate) struct WorkerApp {
     pub(crate) generation: u64,
     header: HeaderValue,
     router: Router,
+    limits: Limits,
     /// Keeps the generation (its pools) alive while this app serves.
     _generation: Arc<dyn Any + Send + Sync>,
 }
+
+/// The generation's reloadable request limits (`[server]`).
+struct Limits {
+    /// `max_body`, in bytes.
+    max_body: u64,
+    /// `max_body` when it is above axum's own default limit for its
+    /// extractors, which must then be raised to it.
+    raise_extractor_limit: Option<DefaultBodyLimit>,
+    /// `request_timeout`, if on.
+    request_timeout: Option<Duration>,
+    /// `max_concurrent`, or `usize::MAX` for no limit.
+    max_concurrent: usize,
+}
+
+/// axum's extractors refuse bodies over 2 MiB unless told otherwise.
+const AXUM_BODY_LIMIT: u64 = 2 << 20;
 
 impl WorkerApp {
     pub(crate) fn build<A: App>(
@@ -43,10 +72,23 @@ impl WorkerApp {
         let router = app
             .router(&generation)
             .merge(health_routes(readiness.clone()));
+        let server = &generation.config().server;
+        let max_body = server.max_body.0;
+        let limits = Limits {
+            max_body,
+            raise_extractor_limit: (max_body > AXUM_BODY_LIMIT)
+                .then(|| DefaultBodyLimit::max(server.max_body.as_usize())),
+            request_timeout: (!server.request_timeout.is_zero()).then_some(server.request_timeout),
+            max_concurrent: match server.max_concurrent {
+                0 => usize::MAX,
+                n => n,
+            },
+        };
         Self {
             generation: generation.id(),
             header: HeaderValue::from(generation.id()),
             router,
+            limits,
             _generation: generation,
         }
     }
@@ -116,12 +158,18 @@ fn health_routes(readiness: Arc<Readiness>) -> Router {
 }
 
 /// A tower `Service` that runs each request on the current generation of one
-/// worker (or of an embedding app).
+/// worker (or of an embedding app), within the generation's limits
+/// (`server.max_body`, `server.max_concurrent`, `server.request_timeout`),
+/// and answers `500` for a handler that panics.
 ///
-/// Cloning is cheap; clones share the worker's current app.
+/// Cloning is cheap; clones share the worker's current app and its count of
+/// requests in flight (what `server.max_concurrent` limits).
 #[derive(Clone)]
 pub struct GenerationService {
     current: Arc<ArcSwap<WorkerApp>>,
+    /// Requests of this service (and its clones) whose response head is
+    /// not ready yet, counted only while `max_concurrent` is on.
+    in_flight: Arc<AtomicUsize>,
     /// Marks every request [`WarmUp`].
     warm_up: bool,
 }
@@ -135,6 +183,7 @@ impl GenerationService {
     pub(crate) fn new(current: Arc<ArcSwap<WorkerApp>>) -> Self {
         Self {
             current,
+            in_flight: Arc::default(),
             warm_up: false,
         }
     }
@@ -142,8 +191,84 @@ impl GenerationService {
     /// A service pinned to one app, for warm-up before it is published.
     pub(crate) fn fixed(app: Arc<WorkerApp>) -> Self {
         Self {
-            current: Arc::new(ArcSwap::new(app)),
             warm_up: true,
+            ..Self::new(Arc::new(ArcSwap::new(app)))
+        }
+    }
+
+    /// Runs `request` on the current app. `conn` is the connection it came
+    /// on, when kiln serves the connection itself.
+    pub(crate) fn serve<B>(&self, request: Request<B>, conn: Option<&Arc<Conn>>) -> ResponseFuture
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        // An Arc, not a Guard: the app must outlive this call.
+        let app = self.current.load_full();
+        let limits = &app.limits;
+        if request.body().size_hint().lower() > limits.max_body {
+            let message = format!(
+                "the request body is larger than server.max_body ({} bytes)",
+                limits.max_body
+            );
+            return ResponseFuture::answer(app, error(StatusCode::PAYLOAD_TOO_LARGE, message));
+        }
+        let permit = if limits.max_concurrent == usize::MAX {
+            None
+        } else {
+            let permit = Permit::new(&self.in_flight);
+            if permit.held > limits.max_concurrent {
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "this worker is running server.max_concurrent ({}) requests: retry shortly",
+                        limits.max_concurrent
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return ResponseFuture::answer(app, response);
+            }
+            Some(permit)
+        };
+        let close = conn.is_some_and(|conn| conn.close_next(request.version()));
+        // Only a request that asked to upgrade can be answered 101, and only
+        // its connection must keep the generation once hyper lets go of it.
+        let upgrade = conn
+            .filter(|_| request.extensions().get::<OnUpgrade>().is_some())
+            .cloned();
+        let max_body = limits.max_body;
+        let mut request = request.map(|body| Body::new(Limited::new(body, max_body as usize)));
+        if self.warm_up {
+            request.extensions_mut().insert(WarmUp);
+        }
+        let sent = Sent {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        };
+        let timeout = limits.request_timeout.map(tokio::time::sleep);
+        let mut router = app.router.clone();
+        let called = match limits.raise_extractor_limit {
+            None => catch_unwind(AssertUnwindSafe(|| router.call(request))),
+            Some(limit) => catch_unwind(AssertUnwindSafe(|| limit.layer(router).call(request))),
+        };
+        let state = match called {
+            Ok(future) => State::Running { future },
+            Err(panic) => State::Ready {
+                response: Some(panicked(&sent, &*panic)),
+            },
+        };
+        ResponseFuture {
+            state,
+            timeout,
+            app: Some(app),
+            extra: Extra {
+                sent,
+                permit,
+                upgrade,
+                close,
+            },
         }
     }
 }
@@ -162,26 +287,147 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // An Arc, not a Guard: the app must outlive this call.
-        let app = self.current.load_full();
-        let mut request = request.map(Body::new);
-        if self.warm_up {
-            request.extensions_mut().insert(WarmUp);
-        }
-        let future = app.router.clone().call(request);
-        ResponseFuture {
-            future,
-            app: Some(app),
+        self.serve(request, None)
+    }
+}
+
+/// What one connection's service and its socket share: whether its next
+/// responses must close it (drain), whether it speaks HTTP/2, and, once it
+/// is upgraded, the generation it keeps alive until it closes.
+pub(crate) struct Conn {
+    /// Set when the worker starts draining.
+    draining: Arc<AtomicBool>,
+    h2: AtomicBool,
+    upgraded: OnceLock<Arc<WorkerApp>>,
+}
+
+impl Conn {
+    pub(crate) fn new(draining: Arc<AtomicBool>) -> Self {
+        Self {
+            draining,
+            h2: AtomicBool::new(false),
+            upgraded: OnceLock::new(),
         }
     }
+
+    /// Whether a request of `version` on this connection must be answered
+    /// with `Connection: close` (HTTP/1 during drain); notes HTTP/2.
+    fn close_next(&self, version: Version) -> bool {
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request on this connection was HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+}
+
+/// A slot of `server.max_concurrent`, held until the response head is ready.
+struct Permit {
+    count: Arc<AtomicUsize>,
+    /// Requests in flight with this one.
+    held: usize,
+}
+
+impl Permit {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        Self {
+            held: count.fetch_add(1, Ordering::Relaxed) + 1,
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A JSON error answer kiln makes itself: `{"error": message}`.
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// The method and URI of a request, to name it when its handler panics.
+struct Sent {
+    method: Method,
+    uri: Uri,
+}
+
+/// Logs a handler's panic with its request, and answers `500`.
+#[cold]
+fn panicked(sent: &Sent, panic: &(dyn Any + Send)) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    tracing::error!(
+        method = %sent.method,
+        path = sent.uri.path(),
+        panic = message,
+        "A request handler panicked; answered 500"
+    );
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the request handler failed".to_owned(),
+    )
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Running { #[pin] future: RouteFuture<Infallible> },
+        Ready { response: Option<Response<Body>> },
+    }
+}
+
+/// What a [`ResponseFuture`] keeps beside its future.
+struct Extra {
+    sent: Sent,
+    permit: Option<Permit>,
+    /// The connection, when this request may upgrade it.
+    upgrade: Option<Arc<Conn>>,
+    /// Answer with `Connection: close`.
+    close: bool,
 }
 
 pin_project! {
     /// The response future of [`GenerationService`].
     pub struct ResponseFuture {
         #[pin]
-        future: RouteFuture<Infallible>,
+        state: State,
+        #[pin]
+        timeout: Option<Sleep>,
         app: Option<Arc<WorkerApp>>,
+        extra: Extra,
+    }
+}
+
+impl ResponseFuture {
+    /// A future that answers `response` at once.
+    fn answer(app: Arc<WorkerApp>, response: Response<Body>) -> Self {
+        Self {
+            state: State::Ready {
+                response: Some(response),
+            },
+            timeout: None,
+            app: Some(app),
+            extra: Extra {
+                sent: Sent {
+                    method: Method::GET,
+                    uri: Uri::default(),
+                },
+                permit: None,
+                upgrade: None,
+                close: false,
+            },
+        }
     }
 }
 
@@ -189,12 +435,49 @@ impl Future for ResponseFuture {
     type Output = Result<Response<GenerationBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Ok(mut response) = ready!(this.future.poll(cx));
+        let mut this = self.project();
+        let polled = match this.state.as_mut().project() {
+            StateProj::Running { future } => {
+                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Ready(Ok(response))) => Poll::Ready(response),
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Err(panic) => Poll::Ready(panicked(&this.extra.sent, &*panic)),
+                }
+            }
+            StateProj::Ready { response } => {
+                Poll::Ready(response.take().expect("polled after completion"))
+            }
+        };
+        let mut response = match polled {
+            Poll::Ready(response) => response,
+            Poll::Pending => {
+                let Some(timeout) = this.timeout.as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(timeout.poll(cx));
+                this.state.set(State::Ready { response: None });
+                let app = this.app.as_ref().expect("polled after completion");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the request took longer than server.request_timeout ({})",
+                        humantime::format_duration(app.limits.request_timeout.unwrap_or_default())
+                    ),
+                )
+            }
+        };
         let app = this.app.take().expect("polled after completion");
-        response
-            .headers_mut()
-            .insert(GENERATION_HEADER, app.header.clone());
+        this.extra.permit.take();
+        let headers = response.headers_mut();
+        headers.insert(GENERATION_HEADER, app.header.clone());
+        if this.extra.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(conn) = this.extra.upgrade.take()
+        {
+            let _ = conn.upgraded.set(app.clone());
+        }
         Poll::Ready(Ok(response.map(|body| GenerationBody { body, _app: app })))
     }
 }

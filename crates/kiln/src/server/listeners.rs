@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::ConnectInfo;
+use hyper_util::service::TowerToHyperService;
 use kiln_config::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 use tower::Layer;
 
 use super::workers::WorkerHandle;
 use super::{Stop, io};
-use crate::http::accept_loop;
+use crate::http::{ConnOptions, accept_loop};
 use crate::{App, Kiln, StartError};
 
 /// The admin listener's header-read timeout when `server.header_read_timeout`
@@ -78,17 +79,23 @@ pub(super) fn serve_admin<A: App>(
         "/admin",
         crate::admin::router(kiln.clone(), crate::admin::Mount::Listener(addr)),
     );
-    let header_read_timeout = server
-        .header_read_limit()
-        .unwrap_or(ADMIN_HEADER_READ_TIMEOUT);
+    // HTTP/1.1 only, with the main listener's head size limit.
+    let options = ConnOptions {
+        header_read_timeout: Some(
+            server
+                .header_read_limit()
+                .unwrap_or(ADMIN_HEADER_READ_TIMEOUT),
+        ),
+        http2: false,
+        ..ConnOptions::of(server)
+    };
     // The peer's address, for the audit log and the history.
-    let service = move |peer: SocketAddr| Extension(ConnectInfo(peer)).layer(router.clone());
-    Ok(tokio::spawn(accept_loop(
-        listener,
-        service,
-        stop,
-        Some(header_read_timeout),
-    )))
+    let service = move |peer: SocketAddr, _: &_| {
+        TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()))
+    };
+    Ok(tokio::spawn(async move {
+        accept_loop(listener, service, stop, &options).await
+    }))
 }
 
 /// Binds a non-blocking listener with a deep backlog; with `reuse_port`,

@@ -9,7 +9,7 @@ use kiln_config::ServerConfig;
 use tokio::sync::oneshot;
 
 use super::{Stop, io};
-use crate::http::accept_loop;
+use crate::http::{ConnOptions, ConnService, accept_loop};
 use crate::{App, BuildError, Kiln, ServeError, StartError};
 
 /// One worker thread and the channels the start-up and the drain use.
@@ -30,9 +30,9 @@ pub(super) fn start_workers<A: App>(
     stop: &Stop,
     server: &ServerConfig,
 ) -> Result<Vec<WorkerHandle>, StartError> {
-    let header_read_timeout = server.header_read_limit();
+    let options = ConnOptions::of(server);
     (0..server.worker_count())
-        .map(|id| spawn_worker(id, kiln.clone(), stop.clone(), header_read_timeout))
+        .map(|id| spawn_worker(id, kiln.clone(), stop.clone(), options.clone()))
         .collect()
 }
 
@@ -114,7 +114,7 @@ fn spawn_worker<A: App>(
     id: usize,
     kiln: Kiln<A>,
     stop: Stop,
-    header_read_timeout: Option<Duration>,
+    options: ConnOptions,
 ) -> Result<WorkerHandle, StartError> {
     let (ready_tx, ready) = oneshot::channel();
     let (listener, listener_rx) = oneshot::channel();
@@ -128,14 +128,7 @@ fn spawn_worker<A: App>(
         .name(format!("kiln-worker-{id}"))
         .spawn(move || {
             let deadline = stop.clone();
-            let cut = runtime.block_on(run_worker(
-                id,
-                kiln,
-                ready_tx,
-                listener_rx,
-                stop,
-                header_read_timeout,
-            ));
+            let cut = runtime.block_on(run_worker(id, kiln, ready_tx, listener_rx, stop, options));
             let left = deadline.borrow().map_or(Duration::ZERO, |deadline| {
                 deadline.saturating_duration_since(tokio::time::Instant::now())
             });
@@ -160,7 +153,7 @@ async fn run_worker<A: App>(
     ready: oneshot::Sender<Result<(), BuildError>>,
     listener: oneshot::Receiver<std::net::TcpListener>,
     stop: Stop,
-    header_read_timeout: Option<Duration>,
+    options: ConnOptions,
 ) -> usize {
     let warming = Instant::now();
     let worker = match kiln.worker().await {
@@ -182,7 +175,8 @@ async fn run_worker<A: App>(
     match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => {
             let service = worker.service();
-            accept_loop(listener, |_| service.clone(), stop, header_read_timeout).await
+            let each = |_, conn: &_| ConnService::new(service.clone(), conn);
+            accept_loop(listener, each, stop, &options).await
         }
         Err(e) => {
             tracing::error!(worker = id, error = %e, "Worker cannot use the listener");
