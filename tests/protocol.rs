@@ -4,7 +4,7 @@
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -185,4 +185,61 @@ fn the_drain_counts_only_requests_in_flight_as_cut() {
     let log = server.stderr.text();
     assert!(log.contains("requests=1"), "one request was cut:\n{log}");
     drop(idle);
+}
+
+#[test]
+fn during_drain_http2_gets_goaway_and_its_stream_in_flight_finishes() {
+    let config = Config::sqlite()
+        .set_str("server.shutdown_grace", "20s")
+        .set("app.debug_routes", "true");
+    let mut server = Server::start(&config.render());
+    let mark = server.stderr.len();
+    let curl = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "30", "--http2-prior-knowledge"])
+        .arg(server.url("/debug/sleep?ms=2000"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    server
+        .stderr
+        .wait_for(mark, "debug: sleeping", WAIT)
+        .expect("the HTTP/2 request is in its handler");
+    server.signal("TERM");
+    let output = curl.wait_with_output().expect("curl ends");
+    let verbose = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "slept",
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("GOAWAY"),
+        "no GOAWAY seen by curl:\n{verbose}"
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn http2_and_max_header_bytes_are_restart_only() {
+    let server = Server::start(&Config::sqlite().render());
+    for (key, value) in [
+        ("server.http2", "false"),
+        ("server.max_header_bytes", "\"32KiB\""),
+    ] {
+        server.site.write_config(
+            &Config::sqlite()
+                .greeting("must not apply")
+                .set(key, value)
+                .render(),
+        );
+        let reload = server.reload();
+        assert_eq!(reload.status, 409, "{reload:?}");
+        assert_eq!(
+            reload.json()["keys"],
+            serde_json::json!([key]),
+            "{reload:?}"
+        );
+    }
+    assert_eq!(server.get("/").body, "Hello from kiln");
 }
