@@ -14,6 +14,8 @@ pub(crate) struct KilnConf {
     pub(crate) workers: usize,
     pub(crate) reuse_port: bool,
     pub(crate) header_read_timeout: &'static str,
+    /// More `[server]` lines, verbatim.
+    pub(crate) server_extra: &'static str,
     pub(crate) warm_requests: Vec<String>,
     pub(crate) pool_kind: &'static str,
     pub(crate) pool_url: String,
@@ -32,6 +34,7 @@ impl KilnConf {
             workers,
             reuse_port: false,
             header_read_timeout: "30s",
+            server_extra: "",
             warm_requests: vec!["/".to_owned()],
             pool_kind: "sqlite",
             pool_url: "kiln-bench.sqlite3".to_owned(),
@@ -75,7 +78,7 @@ header_read_timeout = "{header_read_timeout}"
 warm_timeout = "30s"
 shutdown_grace = "2s"
 warm_requests = [{warm_requests}]
-
+{server_extra}
 [admin]
 listen = "127.0.0.1:{admin_port}"
 
@@ -97,6 +100,7 @@ greeting = "{greeting}"
             workers = self.workers,
             reuse_port = self.reuse_port,
             header_read_timeout = self.header_read_timeout,
+            server_extra = self.server_extra,
             warm_requests = warm_requests.join(", "),
             admin_port = self.admin_port,
             kind = self.pool_kind,
