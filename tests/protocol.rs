@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{Config, Server, read_response, read_response_with_head};
+use crate::util::{self, Config, Server, read_response, read_response_with_head};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -146,12 +146,11 @@ fn during_drain_a_keep_alive_request_is_answered_with_connection_close() {
         .set("app.debug_routes", "true");
     let mut server = Server::start(&config.render());
     let (mut stream, mut reader) = kept_alive(&server);
-    let mark = server.stderr.len();
+    let main = server.main_addr();
     server.signal("TERM");
-    server
-        .stderr
-        .wait_for(mark, "Draining", WAIT)
-        .expect("the drain begins");
+    util::wait_until(WAIT, "the main port to close for the drain", || {
+        !util::accepts(main)
+    });
     // The idle connection lingers: a request sent now is still answered,
     // and the answer closes the connection.
     stream

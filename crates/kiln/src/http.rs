@@ -95,7 +95,7 @@ enum Protocols {
 /// How long an idle HTTP/1 connection stays open once drain begins (at most
 /// half of the time left), so that a request already on the wire is still
 /// answered (with `Connection: close`) rather than cut.
-const LINGER: Duration = Duration::from_millis(500);
+const LINGER: Duration = Duration::from_secs(1);
 
 /// One worker's connections, counted for the drain.
 #[derive(Default)]
@@ -334,8 +334,10 @@ pub(crate) async fn accept_loop<S: HttpService>(
             }
         }
     };
-    drop(listener);
+    // Draining before the listener closes: a client that sees the port
+    // refuse knows its next answer on an open connection says close.
     tracker.draining.store(true, Ordering::Relaxed);
+    drop(listener);
     let all_closed = async {
         while tracker.open.load(Ordering::Acquire) > 0 {
             tracker.closed.notified().await;
