@@ -21,17 +21,18 @@
 //! curl -X POST -H "Authorization: Bearer $KILN__ADMIN__TOKEN" \
 //!     127.0.0.1:3000/ops/reload                  # kiln's admin API, nested
 //! curl -X POST 127.0.0.1:3000/deploy-hook        # or a reload from the app's own code
+//! curl -X PUT -H 'If-Match: "2"' -d Hi 127.0.0.1:3000/greeting  # a change from the app's own code
 //! curl 127.0.0.1:3000/api                        # the new greeting
 //! ```
 
 use std::net::SocketAddr;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use kiln::{App, AppConfig, Generation, Kiln, Pool, ReloadError, Trigger};
+use kiln::{App, AppConfig, Generation, Kiln, Pool, ReloadError, ReloadOutcome, Trigger};
 use serde::{Deserialize, Serialize};
 
 /// `[app]`: what the kiln side reads from the configuration.
@@ -98,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/", get(home))
         .route("/deploy-hook", post(deploy_hook))
+        .route("/greeting", put(set_greeting))
         .with_state(kiln.clone())
         .nest("/api", kiln.router().await?)
         .nest("/ops", kiln.admin_router());
@@ -129,18 +131,32 @@ async fn home(State(kiln): State<Kiln<GreeterApp>>) -> String {
     )
 }
 
-/// A reload from the app's own code: the same typed answer the admin route
-/// gives.
+/// A reload from the app's own code: the same answer the admin route gives.
 async fn deploy_hook(State(kiln): State<Kiln<GreeterApp>>) -> Response {
-    match kiln.reload(Trigger::Api).await {
+    answer(&kiln, kiln.reload(Trigger::Api).await)
+}
+
+/// The app's own settings form (behind the app's own authentication in a
+/// real app): sets the greeting through kiln (validated,
+/// warmed, written to the file, then applied). With `If-Match` (the
+/// generation the form was read at, as `GET /ops/config` tags it), a form
+/// that is out of date is refused with 412, as the admin API would.
+async fn set_greeting(
+    State(kiln): State<Kiln<GreeterApp>>,
+    headers: HeaderMap,
+    greeting: String,
+) -> Response {
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|value| value.to_str().ok());
+    let patch = serde_json::json!({ "app": { "greeting": greeting } });
+    answer(&kiln, kiln.patch(&patch, if_match).await)
+}
+
+/// A change's answer: a refused one with the admin API's status and body.
+fn answer(kiln: &Kiln<GreeterApp>, result: Result<ReloadOutcome, ReloadError>) -> Response {
+    match result {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e) => {
-            let status = match &e {
-                ReloadError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ReloadError::RestartRequired(_) => StatusCode::CONFLICT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            (status, format!("{e:#}\n")).into_response()
-        }
+        Err(e) => e.at(kiln.current().id()).into_response(),
     }
 }

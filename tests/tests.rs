@@ -5,6 +5,7 @@
 
 mod util;
 
+mod admin_api;
 mod admin_auth;
 mod cli;
 mod config_patch;

@@ -16,17 +16,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Extension, Json, Router};
-use serde_json::json;
+use utoipa::OpenApi;
+use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::server::Server;
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
 use self::budget::FailureBudget;
 use self::guard::Hosts;
-use crate::{App, ErrorChain, Kiln, ReloadError, ReloadOutcome, Trigger};
+use crate::error::ErrorBody;
+use crate::{App, Kiln, Refusal, ReloadError, ReloadOutcome, Trigger};
 
 /// Where the admin router is served.
 #[derive(Clone, Copy, Debug)]
@@ -67,16 +73,181 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
         mount,
         failures: FailureBudget::new(),
     });
-    Router::new()
-        .route("/reload", post(reload::<A>))
-        .route("/rollback", post(rollback::<A>))
-        .route("/history", get(history::<A>))
-        .route("/status", get(status::<A>))
-        .route("/config", get(config::<A>).patch(patch::<A>))
+    let Routes { router, doc } = Routes::new()
+        .add(__path_reload, reload::<A>)
+        .add(__path_rollback, rollback::<A>)
+        .add(__path_history, history::<A>)
+        .add(__path_status, status::<A>)
+        .add(__path_config, config::<A>)
+        .add(__path_patch, patch::<A>)
+        .add(__path_openapi, openapi::<A>);
+    router
+        .fallback(not_found::<A>)
+        .method_not_allowed_fallback(method_not_allowed::<A>)
+        .layer(Extension(Arc::new(doc)))
         // The last layer runs first: the guard, then authentication.
         .layer(middleware::from_fn_with_state(gate.clone(), authorize::<A>))
         .layer(middleware::from_fn_with_state(gate, guard::<A>))
         .with_state(kiln)
+}
+
+/// The admin routes and their OpenAPI document, built together: a route's
+/// path and methods come from its `#[utoipa::path]`, so the document cannot
+/// miss a route or name a wrong one. (`utoipa_axum::routes!` does the same
+/// but cannot take the generic handlers used here.)
+struct Routes<A: App> {
+    router: Router<Kiln<A>>,
+    doc: utoipa::openapi::OpenApi,
+}
+
+impl<A: App> Routes<A> {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            doc: AdminApi::openapi(),
+        }
+    }
+
+    /// Routes `handler` where `P` (its `__path_*` type) says.
+    fn add<P: utoipa::Path, H: Handler<T, Kiln<A>>, T: 'static>(
+        mut self,
+        _: P,
+        handler: H,
+    ) -> Self {
+        let path = P::path();
+        let methods = P::methods();
+        let on = methods.iter().fold(MethodRouter::new(), |on, method| {
+            on.on(method_filter(method), handler.clone())
+        });
+        self.router = self.router.route(&path, on);
+        let mut operation = P::operation();
+        Guarded::respond(&mut operation);
+        self.doc.paths.add_path_operation(&path, methods, operation);
+        self
+    }
+}
+
+fn method_filter(method: &HttpMethod) -> MethodFilter {
+    match method {
+        HttpMethod::Get => MethodFilter::GET,
+        HttpMethod::Post => MethodFilter::POST,
+        HttpMethod::Put => MethodFilter::PUT,
+        HttpMethod::Delete => MethodFilter::DELETE,
+        HttpMethod::Options => MethodFilter::OPTIONS,
+        HttpMethod::Head => MethodFilter::HEAD,
+        HttpMethod::Patch => MethodFilter::PATCH,
+        HttpMethod::Trace => MethodFilter::TRACE,
+    }
+}
+
+/// The document's fixed part; [`Routes`] adds the paths.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kiln admin API",
+        description = "Reload, patch, roll back and inspect a running kiln. Every error is JSON: `{\"error\", \"generation\", ...}`."
+    ),
+    components(schemas(ErrorBody))
+)]
+struct AdminApi;
+
+/// The answers every admin route can give before its handler runs: the
+/// browser guard (403), the token (401) and its failure budget (429).
+struct Guarded;
+
+impl Guarded {
+    fn respond(operation: &mut utoipa::openapi::path::Operation) {
+        let refusals = [
+            (
+                "401",
+                "Missing or wrong bearer token (`admin.token` is set).",
+            ),
+            (
+                "403",
+                "Refused by the browser guard (`Origin`, `Sec-Fetch-Site`, `Host`), or a change to an embedded admin API without a token.",
+            ),
+            (
+                "429",
+                "Too many failed authentications: retry after `Retry-After` seconds.",
+            ),
+        ];
+        for (status, description) in refusals {
+            operation
+                .responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| error_response(description).into());
+        }
+    }
+}
+
+/// A response with the error body.
+fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build()
+}
+
+/// `GET /admin/openapi.json`: this document, its server URL where the
+/// router is mounted and, when `admin.token` is set, the bearer scheme on
+/// every operation.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the admin API.", content_type = "application/json", body = Object))
+)]
+async fn openapi<A: App>(
+    State(kiln): State<Kiln<A>>,
+    Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+    OriginalUri(original): OriginalUri,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut doc = (*doc).clone();
+    let mount = original.path().strip_suffix(uri.path()).unwrap_or_default();
+    doc.servers = Some(vec![Server::new(mount)]);
+    if kiln.current().config().admin.token.is_some() {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "token",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "token",
+            Vec::<String>::new(),
+        )]);
+    }
+    Json(doc).into_response()
+}
+
+/// Unknown admin paths answer 404 in the error shape.
+async fn not_found<A: App>(State(kiln): State<Kiln<A>>, uri: axum::http::Uri) -> Response {
+    Refusal::new(
+        StatusCode::NOT_FOUND,
+        format!("no admin route {}: see openapi.json", uri.path()),
+        kiln.current().id(),
+    )
+    .into_response()
+}
+
+/// A known admin path with a method it does not take: 405 in the error shape.
+async fn method_not_allowed<A: App>(
+    State(kiln): State<Kiln<A>>,
+    method: Method,
+    uri: axum::http::Uri,
+) -> Response {
+    Refusal::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}: see openapi.json", uri.path()),
+        kiln.current().id(),
+    )
+    .into_response()
 }
 
 /// Refuses, before any authentication, what a web page could send (see
@@ -94,10 +265,7 @@ async fn guard<A: App>(State(gate): State<Arc<Gate<A>>>, request: Request, next:
         hosts,
     );
     if let Some(refusal) = refusal {
-        return error(
-            StatusCode::FORBIDDEN,
-            json!({"error": refusal, "generation": generation.id()}),
-        );
+        return Refusal::new(StatusCode::FORBIDDEN, refusal, generation.id()).into_response();
     }
     drop(generation);
     next.run(request).await
@@ -116,10 +284,12 @@ async fn authorize<A: App>(
     match &generation.config().admin.token {
         Some(token) => {
             if let Some(wait) = gate.failures.exhausted() {
-                let mut response = error(
+                let mut response = Refusal::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    json!({"error": "too many failed authentications: try again after Retry-After seconds", "generation": generation.id()}),
-                );
+                    "too many failed authentications: try again after Retry-After seconds",
+                    generation.id(),
+                )
+                .into_response();
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response
                     .headers_mut()
@@ -133,10 +303,12 @@ async fn authorize<A: App>(
                 .and_then(bearer_credentials);
             if !presented.is_some_and(|presented| token.matches(presented)) {
                 gate.failures.spend();
-                let mut response = error(
+                let mut response = Refusal::new(
                     StatusCode::UNAUTHORIZED,
-                    json!({"error": "missing or wrong bearer token: send Authorization: Bearer <admin.token>", "generation": generation.id()}),
-                );
+                    "missing or wrong bearer token: send Authorization: Bearer <admin.token>",
+                    generation.id(),
+                )
+                .into_response();
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -153,15 +325,30 @@ async fn authorize<A: App>(
                     }
                 )
             {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    json!({"error": "this embedded admin API refuses changes without admin.token: set admin.token (e.g. from KILN__ADMIN__TOKEN), or build the router with Kiln::admin_router_unauthenticated() if something in front of it authenticates", "generation": generation.id()}),
-                );
+                return Refusal::new(StatusCode::FORBIDDEN, "this embedded admin API refuses changes without admin.token: set admin.token (e.g. from KILN__ADMIN__TOKEN), or build the router with Kiln::admin_router_unauthenticated() if something in front of it authenticates", generation.id()).into_response();
             }
         }
     }
     drop(generation);
     next.run(request).await
+}
+
+/// What `If-Match` may hold: `*`, or a list of generation ETags (`"3"`,
+/// `W/"3"`; bare digits too, as kiln has always taken them). Anything else
+/// is a client's mistake, not a stale patch. The `pattern` of `If-Match` in
+/// [`patch`]'s document says the same (schemathesis checks that they agree).
+fn etag_list(value: &str) -> bool {
+    let value = value.trim_matches(' ');
+    value == "*"
+        || value.split(',').all(|tag| {
+            let tag = tag.trim_matches(' ');
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            let digits = tag
+                .strip_prefix('"')
+                .and_then(|tag| tag.strip_suffix('"'))
+                .unwrap_or(tag);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// The credentials of `Bearer <credentials>`, the scheme matched in any
@@ -182,11 +369,34 @@ fn peer_addr(peer: Peer) -> Option<SocketAddr> {
     peer.map(|Extension(ConnectInfo(addr))| addr)
 }
 
+/// `POST /admin/reload`: reads the file again and applies it.
+#[utoipa::path(
+    post,
+    path = "/reload",
+    responses(
+        (status = 200, description = "Applied: every worker serves the new generation.", body = Object),
+        (status = 409, description = "Keys that need a restart changed (`keys`), or `log.level` changed where kiln does not manage the log subscriber.", body = ErrorBody),
+        (status = 422, description = "The file is invalid (`key`).", body = ErrorBody),
+        (status = 503, description = "A resource could not be built or warmed (`resource`), or the server is draining.", body = ErrorBody),
+    )
+)]
 async fn reload<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
     let result = crate::history::with_peer(peer_addr(peer), kiln.reload(Trigger::HttpReload));
     answer(&kiln, result.await)
 }
 
+/// `POST /admin/rollback`: applies the configuration before the last reload.
+#[utoipa::path(
+    post,
+    path = "/rollback",
+    responses(
+        (status = 200, description = "Rolled back: every worker serves the new generation.", body = Object),
+        (status = 409, description = "Nothing to roll back to, keys that need a restart differ (`keys`), or the file was edited since it was loaded.", body = ErrorBody),
+        (status = 422, description = "The earlier configuration is no longer valid (`key`).", body = ErrorBody),
+        (status = 500, description = "The earlier configuration could not be written to the file.", body = ErrorBody),
+        (status = 503, description = "A resource could not be built or warmed (`resource`), or the server is draining.", body = ErrorBody),
+    )
+)]
 async fn rollback<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
     answer(
         &kiln,
@@ -195,35 +405,64 @@ async fn rollback<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
 }
 
 /// `PATCH /admin/config`: a JSON merge patch, optionally `If-Match`.
+#[utoipa::path(
+    patch,
+    path = "/config",
+    request_body(content = Object, content_type = "application/json", description = "A JSON merge patch (RFC 7396) of the configuration."),
+    params(("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^ *(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*) *$"#, description = "The `ETag` of `GET /admin/config`: refuse the patch if the configuration changed since.")),
+    responses(
+        (status = 200, description = "Applied and written to the file.", body = Object),
+        (status = 400, description = "Malformed JSON, or an `If-Match` that is not an ETag list.", body = ErrorBody),
+        (status = 409, description = "Keys that need a restart changed (`keys`), a key the environment overrides (`key`, `variable`), the file was edited since it was loaded, or `log.level` where kiln does not manage the log subscriber.", body = ErrorBody),
+        (status = 412, description = "`If-Match` names an older generation.", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
+        (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 422, description = "The body is not a JSON object, the patched configuration is invalid (`key`), or the patch cannot be applied.", body = ErrorBody),
+        (status = 500, description = "The file could not be written; nothing was applied.", body = ErrorBody),
+        (status = 503, description = "A resource could not be built or warmed (`resource`), or the server is draining.", body = ErrorBody),
+    )
+)]
 async fn patch<A: App>(
     State(kiln): State<Kiln<A>>,
     peer: Peer,
     headers: HeaderMap,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    // An object, so that any other JSON is refused (422) before `If-Match`
+    // is compared: a malformed request is not a stale one.
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Response {
     let Json(patch) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return error(
+            return Refusal::new(
                 rejection.status(),
-                json!({"error": format!("{}: send a JSON merge patch with Content-Type: application/json", rejection.body_text()), "generation": kiln.current().id()}),
-            );
+                format!(
+                    "{}: send a JSON merge patch (an object) with Content-Type: application/json",
+                    rejection.body_text()
+                ),
+                kiln.current().id(),
+            )
+            .into_response();
         }
     };
     let if_match = match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
         None => None,
-        Some(Ok(value)) => Some(value),
-        Some(Err(_)) => {
-            return error(
+        Some(Ok(value)) if etag_list(value) => Some(value),
+        Some(_) => {
+            return Refusal::new(
                 StatusCode::BAD_REQUEST,
-                json!({"error": "If-Match is not readable text: send the ETag of GET /admin/config", "generation": kiln.current().id()}),
-            );
+                "If-Match is not an ETag list: send the ETag of GET /admin/config (e.g. \"3\"), or *",
+                kiln.current().id(),
+            )
+            .into_response();
         }
     };
+    let patch = serde_json::Value::Object(patch);
     let result = crate::history::with_peer(peer_addr(peer), kiln.patch(&patch, if_match));
     answer(&kiln, result.await)
 }
 
+/// `GET /admin/history`: the last reload attempts, newest first.
+#[utoipa::path(get, path = "/history", responses((status = 200, description = "The last reload attempts, newest first.", body = Vec<Object>)))]
 async fn history<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     Json(kiln.history()).into_response()
 }
@@ -231,51 +470,23 @@ async fn history<A: App>(State(kiln): State<Kiln<A>>) -> Response {
 fn answer<A: App>(kiln: &Kiln<A>, result: Result<ReloadOutcome, ReloadError>) -> Response {
     match result {
         Ok(outcome) => Json(outcome).into_response(),
-        Err(e) => reload_error(&e, kiln.current().id()),
+        Err(e) => e.at(kiln.current().id()).into_response(),
     }
 }
 
-/// The answer for a refused reload: the status says which kind, the body
-/// names the cause and the generation that keeps serving.
-pub(crate) fn reload_error(e: &ReloadError, generation: u64) -> Response {
-    let (status, detail) = match e {
-        ReloadError::Invalid(config) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Some(("key", json!(config.key()))),
-        ),
-        ReloadError::Patch(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
-        ReloadError::RestartRequired(keys) => (StatusCode::CONFLICT, Some(("keys", json!(keys)))),
-        ReloadError::Overridden { variable, .. } => {
-            (StatusCode::CONFLICT, Some(("variable", json!(variable))))
-        }
-        ReloadError::LogNotManaged | ReloadError::Drifted { .. } | ReloadError::NoPrevious => {
-            (StatusCode::CONFLICT, None)
-        }
-        ReloadError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, None),
-        ReloadError::Persist { .. } => (StatusCode::INTERNAL_SERVER_ERROR, None),
-        ReloadError::Build(build) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some(("resource", json!(build.resource()))),
-        ),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, None),
-    };
-    let mut body = json!({"error": ErrorChain(e).to_string(), "generation": generation});
-    if let Some((field, value)) = detail {
-        body[field] = value;
-    }
-    error(status, body)
-}
-
-fn error(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
+/// `GET /admin/status`: the current generation, workers and pools.
+#[utoipa::path(get, path = "/status", responses((status = 200, description = "The current generation, workers and pools.", body = Object)))]
 async fn status<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     Json(kiln.status()).into_response()
 }
 
 /// The effective configuration, defaults filled and secrets shown as `***`;
 /// the `ETag` is the generation.
+#[utoipa::path(
+    get,
+    path = "/config",
+    responses((status = 200, description = "The effective configuration, secrets as `***`.", body = Object, headers(("ETag" = String, description = "The generation, for `If-Match`."))))
+)]
 async fn config<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     let generation = kiln.current();
     let mut headers = HeaderMap::new();

@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use kiln_config::{ConfigError, PatchError};
-use kiln_resources::ResourceError;
+use kiln_resources::{ErrorChain, ResourceError};
+use serde::Serialize;
 
 use crate::BoxError;
 
@@ -202,6 +206,127 @@ pub enum ReloadError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl ReloadError {
+    /// The HTTP status that answers this refusal, the same wherever it is
+    /// answered (kiln's admin API, an embedder's own route): 422 for an
+    /// invalid configuration or patch, 409 for a conflict with the running
+    /// server (keys that need a restart, a key the environment overrides, a
+    /// log level kiln does not manage, a file edited since it was loaded,
+    /// nothing to roll back to), 412 for a
+    /// stale `If-Match`, 503 when a generation could not be built or the
+    /// server is draining, 500 when the file could not be written.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::Patch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RestartRequired(_)
+            | Self::Overridden { .. }
+            | Self::LogNotManaged
+            | Self::Drifted { .. }
+            | Self::NoPrevious => StatusCode::CONFLICT,
+            Self::Stale { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Build(_) | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// This refusal as an HTTP answer, naming `generation`: the generation
+    /// that keeps serving (`kiln.current().id()`).
+    ///
+    /// ```
+    /// # async fn hook<A: kiln::App>(kiln: kiln::Kiln<A>) -> axum::response::Response {
+    /// use axum::response::IntoResponse as _;
+    /// match kiln.reload(kiln::Trigger::Api).await {
+    ///     Ok(outcome) => axum::Json(outcome).into_response(),
+    ///     Err(e) => e.at(kiln.current().id()).into_response(),
+    /// }
+    /// # }
+    /// ```
+    pub fn at(&self, generation: u64) -> Refusal {
+        let mut body = ErrorBody::new(ErrorChain(self).to_string(), generation);
+        match self {
+            Self::Invalid(config) => body.key = config.key().map(str::to_owned),
+            Self::RestartRequired(keys) => body.keys = Some(keys.clone()),
+            Self::Overridden { key, variable } => {
+                body.key = Some(key.clone());
+                body.variable = Some(variable.clone());
+            }
+            Self::Build(build) => body.resource = Some(build.resource()),
+            _ => {}
+        }
+        Refusal {
+            status: self.status(),
+            body,
+        }
+    }
+}
+
+/// An error answer of the admin API (and of an embedder's route that
+/// answers a [`ReloadError`]): a status and the JSON body
+/// `{"error", "generation", ...}` that every admin error has. Made by
+/// [`ReloadError::at`].
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl Refusal {
+    /// A refusal with `status`, saying `error` and naming `generation`.
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>, generation: u64) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(error.into(), generation),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The body of every error the admin API answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody {
+    /// What went wrong and what to do, with its causes.
+    error: String,
+    /// The generation that keeps serving: nothing was applied.
+    generation: u64,
+    /// The configuration key at fault (an invalid configuration, a key the
+    /// environment overrides).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    /// The keys that need a restart to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<Vec<&'static str>>,
+    /// What could not be built (`main`, `app`, `worker 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<String>,
+    /// The environment variable that overrides `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variable: Option<String>,
+}
+
+impl ErrorBody {
+    fn new(error: String, generation: u64) -> Self {
+        Self {
+            error,
+            generation,
+            key: None,
+            keys: None,
+            resource: None,
+            variable: None,
+        }
+    }
 }
 
 /// Runs `build` (application code: `App::prepare`, a resource factory) and

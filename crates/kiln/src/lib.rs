@@ -101,7 +101,7 @@ mod systemd;
 mod watch;
 
 pub use crate::app::{App, BoxError};
-pub use crate::error::{BuildError, ReloadError, ServeError, StartError};
+pub use crate::error::{BuildError, Refusal, ReloadError, ServeError, StartError};
 pub use crate::generation::Generation;
 pub use crate::history::HistoryEntry;
 pub use crate::keyed::{KeyContext, Keyed, KeyedApp};
