@@ -1,7 +1,8 @@
-//! The admin API: reload, patch, rollback, history, status and the
-//! effective configuration. A plain `Router` of a [`Kiln`] handle; the server
-//! serves it at `/admin` on its own listener, an embedding app nests it
-//! wherever it likes.
+//! The admin API: reload, patch, rollback, history, status, the
+//! effective configuration and its own OpenAPI document. A plain `Router` of
+//! a [`Kiln`] handle; the server serves it at `/admin` on its own listener,
+//! an embedding app nests it wherever it likes. Every error it answers is a
+//! [`Refusal`]: JSON `{"error", "generation", ...}`.
 //!
 //! Every request passes, in order: the browser guard ([`guard`]: `Origin`,
 //! `Sec-Fetch-Site`, `Host`; 403), then the bearer token when `admin.token`
