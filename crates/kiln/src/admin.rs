@@ -122,7 +122,7 @@ impl<A: App> Routes<A> {
         });
         self.router = self.router.route(&path, on);
         let mut operation = P::operation();
-        Guarded::respond(&mut operation);
+        guarded(&mut operation);
         self.doc.paths.add_path_operation(&path, methods, operation);
         self
     }
@@ -152,33 +152,30 @@ fn method_filter(method: &HttpMethod) -> MethodFilter {
 )]
 struct AdminApi;
 
-/// The answers every admin route can give before its handler runs: the
-/// browser guard (403), the token (401) and its failure budget (429).
-struct Guarded;
-
-impl Guarded {
-    fn respond(operation: &mut utoipa::openapi::path::Operation) {
-        let refusals = [
-            (
-                "401",
-                "Missing or wrong bearer token (`admin.token` is set).",
-            ),
-            (
-                "403",
-                "Refused by the browser guard (`Origin`, `Sec-Fetch-Site`, `Host`), or a change to an embedded admin API without a token.",
-            ),
-            (
-                "429",
-                "Too many failed authentications: retry after `Retry-After` seconds.",
-            ),
-        ];
-        for (status, description) in refusals {
-            operation
-                .responses
-                .responses
-                .entry(status.to_owned())
-                .or_insert_with(|| error_response(description).into());
-        }
+/// Documents the answers every admin route can give before its handler
+/// runs: the browser guard (403), the token (401) and its failure budget
+/// (429).
+fn guarded(operation: &mut utoipa::openapi::path::Operation) {
+    let refusals = [
+        (
+            "401",
+            "Missing or wrong bearer token (`admin.token` is set).",
+        ),
+        (
+            "403",
+            "Refused by the browser guard (`Origin`, `Sec-Fetch-Site`, `Host`), or a change to an embedded admin API without a token.",
+        ),
+        (
+            "429",
+            "Too many failed authentications: retry after `Retry-After` seconds.",
+        ),
+    ];
+    for (status, description) in refusals {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description).into());
     }
 }
 
@@ -210,7 +207,11 @@ async fn openapi<A: App>(
     uri: axum::http::Uri,
 ) -> Response {
     let mut doc = (*doc).clone();
-    let mount = original.path().strip_suffix(uri.path()).unwrap_or_default();
+    // Where the router is nested: `/admin`, an embedder's prefix, or `/`.
+    let mount = match original.path().strip_suffix(uri.path()) {
+        Some("") | None => "/",
+        Some(mount) => mount,
+    };
     doc.servers = Some(vec![Server::new(mount)]);
     if kiln.current().config().admin.token.is_some() {
         doc.components
