@@ -3,9 +3,12 @@
 //! a file that drifted from the generation being patched) is refused with a
 //! `409` naming why, changing nothing.
 
+use std::thread;
+use std::time::Duration;
+
 use serde_json::json;
 
-use crate::util::{self, APPLY_TIMEOUT, Config, Server, Site, json_strings};
+use crate::util::{self, APPLY_TIMEOUT, Config, PgProxy, Server, Site, json_strings};
 
 /// The line kiln logs at debug level when a reload begins.
 const DEBUG_NEEDLE: &str = "Reload requested";
@@ -101,6 +104,35 @@ fn patch_is_refused_when_the_file_drifted_from_its_generation() {
     let reply = server.patch_config(&patch);
     util::assert_reloaded(&reply, 3, &["pools.main.max_size"], &["main"]);
     server.assert_serving("unapplied hand edit", 3);
+}
+
+/// A hand edit saved while a PATCH warms its pool (the database answers
+/// after 3 s): writing the patched text would discard it unseen, so the
+/// write is refused, as the check before the warm-up refuses an older edit.
+#[test]
+fn patch_is_refused_when_the_file_drifts_while_it_warms() {
+    let pg = util::postgres();
+    let proxy = PgProxy::start(Duration::from_secs(3));
+    let base = Config::postgres(&pg.url()).greeting("served");
+    let server = Server::start(&base.render());
+    let hand_edit = base.clone().greeting("saved during the warm-up").render();
+
+    let patch = json!({"pools": {"main": {"url": pg.url_at(&proxy.addr().to_string())}}});
+    let reply = thread::scope(|scope| {
+        let patching = scope.spawn(|| server.patch_config(&patch));
+        util::wait_until(
+            APPLY_TIMEOUT,
+            "the patch's warm-up to reach the database",
+            || proxy.accepted() > 0,
+        );
+        server.site.write_config(&hand_edit);
+        patching.join().expect("the patch thread")
+    });
+    let body = util::assert_refused(&reply, 409, 1);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("changed on disk"), "{body}");
+    assert_eq!(server.site.read_config(), hand_edit, "the edit is kept");
+    server.assert_serving("served", 1);
 }
 
 #[test]

@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 use crate::util::{self, Config, Server, Site, json_strings};
 
 /// Logs every look the watcher takes (see the module docs).
-const WATCH_LOG: (&str, &str) = ("RUST_LOG", "info,kiln::watch=debug,tokio_postgres=warn");
+const WATCH_LOG: (&str, &str) = (
+    "RUST_LOG",
+    "info,kiln::watch=debug,kiln::source=debug,tokio_postgres=warn",
+);
 /// Logged once the watch is armed.
 const WATCHING: &str = "Watching ";
 /// Logged by a look that found the current generation's text.

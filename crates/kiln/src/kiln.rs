@@ -20,6 +20,7 @@ use crate::http::warm_requests;
 use crate::reload::build_generation;
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
+use crate::source::{FileSource, Source};
 use crate::systemd::Notifier;
 use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 
@@ -33,6 +34,8 @@ pub(crate) struct Shared<A: App> {
     app: A,
     pub(crate) registry: Registry,
     base_dir: PathBuf,
+    /// Where the configuration is read from, written to and watched.
+    pub(crate) source: Arc<dyn Source<A::Config>>,
     current: ArcSwap<Generation<A::Config>>,
     /// The same generation as `current`, for those who wait for the next one.
     changes: watch::Sender<Arc<Generation<A::Config>>>,
@@ -113,8 +116,8 @@ pub struct Status {
     pub generation: u64,
     /// When it was published (RFC 3339, UTC).
     pub loaded_at: String,
-    /// The configuration file.
-    pub source: PathBuf,
+    /// Where the configuration comes from: the file's path.
+    pub source: String,
     /// Each worker's current generation.
     pub workers: Vec<WorkerStatus>,
     /// Each pool's figures and health.
@@ -296,7 +299,7 @@ impl<A: App> Kiln<A> {
         Status {
             generation: current.id(),
             loaded_at: humantime::format_rfc3339_seconds(current.loaded_at()).to_string(),
-            source: current.source().to_path_buf(),
+            source: self.shared.source.describe(),
             workers: workers
                 .iter()
                 .map(|(id, _, current)| WorkerStatus {
@@ -497,6 +500,7 @@ impl<A: App> Builder<A> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        let source = Arc::new(FileSource::new(loaded.source.clone()));
         let generation = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
         prepare(&self.app, &generation).await?;
         let generation = Arc::new(generation);
@@ -505,6 +509,7 @@ impl<A: App> Builder<A> {
                 app: self.app,
                 registry: self.registry,
                 base_dir,
+                source,
                 current: ArcSwap::new(generation.clone()),
                 changes: watch::Sender::new(generation),
                 workers: Mutex::default(),

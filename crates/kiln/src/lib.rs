@@ -97,6 +97,7 @@ mod reload;
 mod resource;
 mod server;
 mod service;
+mod source;
 mod systemd;
 mod watch;
 

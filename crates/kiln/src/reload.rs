@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_config::{ErrorKind, FileFormat, Loaded, PatchError};
+use kiln_config::{FileFormat, Loaded, PatchError};
 use kiln_resources::{ErrorChain, Pool, Pools};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::history::HistoryEntry;
 use crate::resource::Registry;
+use crate::source::Source;
 use crate::{App, AppConfig, BuildError, ConfigError, Generation, Kiln, ReloadError};
 
 /// What asked for a reload; logged with its outcome and kept in history.
@@ -67,9 +68,9 @@ pub struct ReloadOutcome {
 
 /// Where a reload's candidate document comes from.
 enum Candidate {
-    /// The source file as it is now.
-    File,
-    /// A new text for the source file, written only once it has been
+    /// The source's stored text as it is now.
+    Stored,
+    /// A new text for the source, written to it only once it has been
     /// validated and warmed.
     Text(String),
 }
@@ -86,7 +87,7 @@ impl<A: App> Kiln<A> {
     ///
     /// A [`ReloadError`]; nothing was applied.
     pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
-        self.apply(trigger, |_, _| Ok(Candidate::File)).await
+        self.apply(trigger, |_, _, _| Ok(Candidate::Stored)).await
     }
 
     /// Applies a JSON merge patch (RFC 7396) to the text of the current
@@ -110,7 +111,7 @@ impl<A: App> Kiln<A> {
         if_match: Option<&str>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let (patch, if_match) = (patch.clone(), if_match.map(str::to_owned));
-        self.apply(Trigger::Patch, move |current, _| {
+        self.apply(Trigger::Patch, move |source, current, _| {
             if let Some(tag) = &if_match
                 && !etag_matches(tag, current.id())
             {
@@ -118,9 +119,8 @@ impl<A: App> Kiln<A> {
                     current: current.id(),
                 });
             }
-            let source = current.source();
-            if kiln_config::format_of(source) != Some(FileFormat::Toml) {
-                return Err(PatchError::NotToml(source.display().to_string()).into());
+            if source.format() != Some(FileFormat::Toml) {
+                return Err(PatchError::NotToml(source.describe()).into());
             }
             if let Some((key, variable)) = overridden(&patch, current.env_overrides()) {
                 return Err(ReloadError::Overridden {
@@ -128,7 +128,7 @@ impl<A: App> Kiln<A> {
                     variable: variable.clone(),
                 });
             }
-            check_not_drifted(current)?;
+            source.check_unchanged(current.text(), current.id())?;
             Ok(Candidate::Text(kiln_config::merge_patch_toml(
                 current.text(),
                 &patch,
@@ -148,9 +148,9 @@ impl<A: App> Kiln<A> {
     /// current generation's text (rolling back would discard that edit
     /// unseen), or any reload error; nothing was applied.
     pub async fn rollback(&self) -> Result<ReloadOutcome, ReloadError> {
-        self.apply(Trigger::Rollback, |current, previous| {
+        self.apply(Trigger::Rollback, |source, current, previous| {
             let text = previous.clone().ok_or(ReloadError::NoPrevious)?;
-            check_not_drifted(current)?;
+            source.check_unchanged(current.text(), current.id())?;
             Ok(Candidate::Text(text))
         })
         .await
@@ -167,7 +167,11 @@ impl<A: App> Kiln<A> {
     async fn apply(
         &self,
         trigger: Trigger,
-        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>
+        choose: impl FnOnce(
+            &dyn Source<A::Config>,
+            &Generation<A::Config>,
+            &Option<String>,
+        ) -> Result<Candidate, ReloadError>
         + Send
         + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
@@ -210,7 +214,11 @@ impl<A: App> Kiln<A> {
         &self,
         previous_text: &mut Option<String>,
         started: tokio::time::Instant,
-        choose: impl FnOnce(&Generation<A::Config>, &Option<String>) -> Result<Candidate, ReloadError>
+        choose: impl FnOnce(
+            &dyn Source<A::Config>,
+            &Generation<A::Config>,
+            &Option<String>,
+        ) -> Result<Candidate, ReloadError>
         + Send
         + 'static,
     ) -> Result<ReloadOutcome, ReloadError> {
@@ -219,14 +227,13 @@ impl<A: App> Kiln<A> {
         }
         let current = self.current();
         let (candidate, loaded) = blocking({
+            let source = self.shared.source.clone();
             let (current, previous) = (current.clone(), previous_text.clone());
             move || {
-                let candidate = choose(&current, &previous)?;
+                let candidate = choose(source.as_ref(), &current, &previous)?;
                 let loaded = match &candidate {
-                    Candidate::File => kiln_config::load::<A::Config>(current.source())?,
-                    Candidate::Text(text) => {
-                        kiln_config::parse::<A::Config>(current.source(), text.clone())?
-                    }
+                    Candidate::Stored => source.load()?,
+                    Candidate::Text(text) => source.parse(text.clone())?,
                 };
                 Ok::<_, ReloadError>((candidate, loaded))
             }
@@ -266,12 +273,8 @@ impl<A: App> Kiln<A> {
         }
         let rebuilt = [generation.built(), &generation.keyed.take_rebuilt()].concat();
         if let Candidate::Text(text) = candidate {
-            let file = current.source().to_path_buf();
-            blocking(move || {
-                kiln_config::write_atomic(&file, &text)
-                    .map_err(|source| ReloadError::Persist { file, source })
-            })
-            .await?;
+            let (source, current) = (self.shared.source.clone(), current.clone());
+            blocking(move || source.write(current.text(), &text, current.id())).await?;
         }
         refused.0 = None;
         let generation = staged.generation_id();
@@ -332,26 +335,6 @@ fn retire<C: AppConfig>(old: &Arc<Generation<C>>, pools: Vec<Pool>) {
         }
         futures_util::future::join_all(pools.into_iter().map(|pool| pool.retire(RETIRE_GAP))).await;
     });
-}
-
-/// Refuses to write the source file over an edit that no generation has
-/// loaded: the file must still hold the current generation's text.
-fn check_not_drifted<C>(current: &Generation<C>) -> Result<(), ReloadError> {
-    let source = current.source();
-    let on_disk = std::fs::read_to_string(source).map_err(|e| {
-        ReloadError::Invalid(ConfigError::new(
-            source,
-            ErrorKind::Syntax(format!("cannot read the file: {e}")),
-        ))
-    })?;
-    if on_disk == current.text() {
-        Ok(())
-    } else {
-        Err(ReloadError::Drifted {
-            file: source.to_path_buf(),
-            generation: current.id(),
-        })
-    }
 }
 
 /// The first of `overrides` (key path → environment variable) that a merge
