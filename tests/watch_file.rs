@@ -5,9 +5,10 @@
 //! a save that failed for a reason that passes is retried until it applies,
 //! an idle watch reads nothing, and a burst of saves is coalesced.
 //!
-//! These tests run kiln with `kiln::watch=debug`, so that each look the
-//! watcher takes at the file is logged; a "did not reload" assertion waits
-//! for the look that decided it, never for time to pass.
+//! These tests run kiln with `kiln::watch=debug` and `kiln::source=debug`,
+//! so that each look the watcher takes at the file is logged; a "did not
+//! reload" assertion waits for the look that decided it, never for time to
+//! pass.
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
