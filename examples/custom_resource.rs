@@ -106,8 +106,13 @@ struct PrimesApp;
 
 impl App for PrimesApp {
     type Config = Site;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Site>) -> Router {
+    async fn prepare(&self, _: &Generation<Site>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Site>, _: &()) -> Router {
         let title = generation.app().title.clone();
         let table = generation
             .resource::<PrimeTable>("primes")

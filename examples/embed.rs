@@ -32,7 +32,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use kiln::{App, AppConfig, Generation, Kiln, Pool, ReloadError, ReloadOutcome, Trigger};
+use kiln::{App, AppConfig, BoxError, Generation, Kiln, Pool, ReloadError, ReloadOutcome, Trigger};
 use serde::{Deserialize, Serialize};
 
 /// `[app]`: what the kiln side reads from the configuration.
@@ -49,8 +49,13 @@ struct GreeterApp;
 
 impl App for GreeterApp {
     type Config = Greeter;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeter>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeter>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeter>, _: &()) -> Router {
         let greeting = generation.app().greeting.clone();
         let pool = generation.pool("main").cloned();
         Router::new()

@@ -57,13 +57,19 @@ pub(crate) struct Notes;
 
 impl App for Notes {
     type Config = NotesConfig;
+    /// The pool `main`, found and given its schema.
+    type State = Pool;
 
-    async fn prepare(&self, generation: &Generation<NotesConfig>) -> Result<(), BoxError> {
+    async fn prepare(
+        &self,
+        generation: &Generation<NotesConfig>,
+        _: Option<&Pool>,
+    ) -> Result<Pool, BoxError> {
         let pool = generation
             .pool(POOL)
             .ok_or("the demo app needs a pool named `main`: add a [pools.main] section")?;
         if !generation.is_new(POOL) {
-            return Ok(()); // a pool carried over already has the schema
+            return Ok(pool.clone()); // a pool carried over already has the schema
         }
         match pool {
             Pool::Sqlite(pool) => {
@@ -89,14 +95,14 @@ impl App for Notes {
             }
             _ => return Err("pool `main` is of a kind the demo app does not support".into()),
         }
-        Ok(())
+        Ok(pool.clone())
     }
 
-    fn router(&self, generation: &Generation<NotesConfig>) -> Router {
+    fn router(&self, generation: &Generation<NotesConfig>, pool: &Pool) -> Router {
         let wait = generation.config().pools[POOL].wait_timeout;
         let state = NotesState {
             greeting: Bytes::from(generation.app().greeting.clone()),
-            pool: generation.pool(POOL).cloned().expect("checked in prepare"),
+            pool: pool.clone(),
             retry_after: wait.as_secs().max(1),
         };
         let router = Router::new()

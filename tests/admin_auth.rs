@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::routing::get;
-use kiln::{App, Generation, Kiln};
+use kiln::{App, BoxError, Generation, Kiln};
 use serde_json::{Value, json};
 
 use crate::util::{self, Config, Greeting, Reply, Server, Site, send};
@@ -334,8 +334,13 @@ struct Hello;
 
 impl App for Hello {
     type Config = Greeting;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let greeting = generation.app().greeting.clone();
         Router::new().route("/", get(move || async move { greeting }))
     }

@@ -123,8 +123,17 @@ struct Bare;
 
 impl kiln::App for Bare {
     type Config = util::Greeting;
+    type State = ();
 
-    fn router(&self, _: &kiln::Generation<util::Greeting>) -> axum::Router {
+    async fn prepare(
+        &self,
+        _: &kiln::Generation<util::Greeting>,
+        _: Option<&()>,
+    ) -> Result<(), kiln::BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, _: &kiln::Generation<util::Greeting>, _: &()) -> axum::Router {
         axum::Router::new()
     }
 }

@@ -23,15 +23,20 @@ struct ProbeApp {
 
 impl App for ProbeApp {
     type Config = Greeting;
+    type State = ();
 
-    async fn prepare(&self, generation: &Generation<Greeting>) -> Result<(), kiln::BoxError> {
+    async fn prepare(
+        &self,
+        generation: &Generation<Greeting>,
+        _: Option<&()>,
+    ) -> Result<(), kiln::BoxError> {
         if generation.app().greeting == "slow" {
             self.gate.pass().await;
         }
         Ok(())
     }
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let greeting = generation.app().greeting.clone();
         Router::new().route("/probe", get(move || async move { greeting }))
     }

@@ -1,7 +1,9 @@
 //! Per-key app instances (`kiln::Keyed`) in an embedded kiln: declared keys
 //! are built and warmed at start, a reload rebuilds only the keys whose
 //! section (or pool) changed, undeclared keys get 404, and a key built on
-//! demand is built once under 50 concurrent first requests.
+//! demand is built once under 50 concurrent first requests, a failed one
+//! answers every waiter (and the next requests, for a while) without being
+//! built again, and the host key ignores case and port.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,6 +85,9 @@ impl KeyedApp for PerHost {
             self.0.on_demand.pass().await;
         }
         bump(&self.0.builds, key);
+        if key.starts_with("broken.") {
+            return Err(format!("{key} cannot be built").into());
+        }
         let serial = self.0.serial.fetch_add(1, Ordering::SeqCst) + 1;
         let answer = format!("{} #{serial}", site.greeting);
         let (counts, key) = (self.0.clone(), key.to_owned());
@@ -264,4 +269,65 @@ async fn a_key_built_on_demand_is_built_once_under_50_concurrent_first_requests(
     assert_eq!(outcome.rebuilt, ["site:x.demand"]);
     assert_eq!(builds("x.demand"), 2);
     assert!(tenants.get("x.demand").await.starts_with("Again #"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_key_ignores_case_and_port_so_a_mixed_case_host_is_one_tenant() {
+    let tenants = Tenants::start().await;
+    tenants.counts.on_demand.open();
+    let a = tenants.get("a.test").await;
+    assert_eq!(tenants.get("A.Test:443").await, a, "the declared instance");
+
+    let first = tenants.get("New.Demand").await;
+    assert!(first.starts_with("On demand #"), "{first}");
+    assert_eq!(tenants.get("new.demand:8080").await, first);
+    assert_eq!(tenants.get("NEW.DEMAND").await, first);
+    let builds: Vec<_> = tenants
+        .builds()
+        .into_iter()
+        .filter(|(key, _)| key.ends_with(".demand"))
+        .collect();
+    assert_eq!(
+        builds,
+        counted(&[("new.demand", 1)]),
+        "built once, lower-cased"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_on_demand_build_answers_every_waiter_and_is_not_retried_at_once() {
+    let tenants = Arc::new(Tenants::start().await);
+    let first: Vec<_> = (0..10)
+        .map(|_| {
+            let tenants = tenants.clone();
+            tokio::spawn(
+                async move { get_in_process(&tenants.app, Some("broken.demand"), "/").await },
+            )
+        })
+        .collect();
+    tenants.counts.on_demand.wait_entered(1).await;
+    let mut arrived = tenants.counts.arrived.subscribe();
+    tokio::time::timeout(EMBED_TIMEOUT, arrived.wait_for(|n| *n >= 10))
+        .await
+        .expect("10 requests arrive")
+        .expect("the counter lives");
+    tenants.counts.on_demand.open();
+    for request in first {
+        let reply = request.await.expect("a first request");
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("broken.demand")),
+            "{reply:?}"
+        );
+    }
+    // A request right after the failure gets it too, without a build.
+    let reply = get_in_process(&tenants.app, Some("broken.demand"), "/").await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(
+        tenants.builds(),
+        counted(&[("a.test", 1), ("b.test", 1), ("broken.demand", 1)]),
+        "one build for every request"
+    );
 }

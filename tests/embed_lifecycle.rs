@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use kiln::{App, Generation, Kiln, ReloadError, Trigger};
+use kiln::{App, BoxError, Generation, Kiln, ReloadError, Trigger};
 
 use crate::util::{Config, EMBED_TIMEOUT, Gate, Greeting, Site, get_in_process, wait_until_async};
 
@@ -17,8 +17,13 @@ struct GreetingApp;
 
 impl App for GreetingApp {
     type Config = Greeting;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let greeting = generation.app().greeting.clone();
         Router::new().route("/", get(move || async move { greeting }))
     }
@@ -150,8 +155,13 @@ impl Drop for CountDrop {
 
 impl App for HangingWarmUp {
     type Config = Greeting;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         if generation.id() == 1 {
             return Router::new().route("/", get(|| async { "ok" }));
         }

@@ -16,15 +16,20 @@ struct Panicky;
 
 impl App for Panicky {
     type Config = Greeting;
+    type State = ();
 
-    async fn prepare(&self, generation: &Generation<Greeting>) -> Result<(), BoxError> {
+    async fn prepare(
+        &self,
+        generation: &Generation<Greeting>,
+        _: Option<&()>,
+    ) -> Result<(), BoxError> {
         if generation.app().greeting == "panic in prepare" {
             panic!("prepare was told to panic");
         }
         Ok(())
     }
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let greeting = generation.app().greeting.clone();
         if greeting == "panic in router" {
             panic!("router was told to panic");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::routing::get;
-use kiln::{App, Generation, Kiln, Trigger};
+use kiln::{App, BoxError, Generation, Kiln, Trigger};
 
 use crate::util::{Config, Gate, Greeting, Reply, Site, get_in_process};
 
@@ -18,8 +18,13 @@ struct ProbeApp {
 
 impl App for ProbeApp {
     type Config = Greeting;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let answer = format!("{} {}", generation.id(), generation.app().greeting);
         let gate = self.gate.clone();
         let fast = answer.clone();
@@ -133,14 +138,19 @@ struct PrepareLog {
 
 impl App for PrepareLog {
     type Config = Greeting;
+    type State = ();
 
-    async fn prepare(&self, generation: &Generation<Greeting>) -> Result<(), kiln::BoxError> {
+    async fn prepare(
+        &self,
+        generation: &Generation<Greeting>,
+        _: Option<&()>,
+    ) -> Result<(), kiln::BoxError> {
         let new = generation.is_new("main");
         self.new_main.lock().unwrap().push((generation.id(), new));
         Ok(())
     }
 
-    fn router(&self, _: &Generation<Greeting>) -> Router {
+    fn router(&self, _: &Generation<Greeting>, _: &()) -> Router {
         Router::new()
     }
 }
@@ -170,4 +180,57 @@ async fn prepare_is_told_which_pools_are_new() {
         [(1, true), (2, false), (3, true)],
         "(generation, pool main new to it)"
     );
+}
+
+/// Its state is the chain of greetings of every published generation; a
+/// greeting `refuse` is refused in `prepare`.
+struct Chain;
+
+impl App for Chain {
+    type Config = Greeting;
+    type State = String;
+
+    async fn prepare(
+        &self,
+        generation: &Generation<Greeting>,
+        previous: Option<&String>,
+    ) -> Result<String, BoxError> {
+        let greeting = &generation.app().greeting;
+        if greeting == "refuse" {
+            return Err("told to refuse".into());
+        }
+        Ok(match previous {
+            Some(previous) => format!("{previous}>{greeting}"),
+            None => greeting.clone(),
+        })
+    }
+
+    fn router(&self, _: &Generation<Greeting>, chain: &String) -> Router {
+        let chain = chain.clone();
+        Router::new().route("/", get(move || async move { chain }))
+    }
+}
+
+#[tokio::test]
+async fn prepare_gets_the_published_generations_state_and_router_serves_from_it() {
+    let site = Site::new(&Config::sqlite().greeting("a").render());
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    let kiln = Kiln::start(Chain, loaded).await.expect("kiln starts");
+    let app = kiln.router().await.expect("a worker attaches");
+    assert_eq!(get_in_process(&app, None, "/").await.body, "a");
+
+    for (greeting, applies, chain) in [
+        ("b", true, "a>b"),
+        ("refuse", false, "a>b"),
+        ("c", true, "a>b>c"),
+    ] {
+        site.write_config(&Config::sqlite().greeting(greeting).render());
+        let reloaded = kiln.reload(Trigger::Api).await;
+        assert_eq!(reloaded.is_ok(), applies, "{greeting}: {reloaded:?}");
+        assert_eq!(
+            get_in_process(&app, None, "/").await.body,
+            chain,
+            "a refused generation's state is not the next one's previous"
+        );
+    }
 }

@@ -62,8 +62,13 @@ struct Holder {
 
 impl App for Holder {
     type Config = Greeting;
+    type State = ();
 
-    fn router(&self, generation: &Generation<Greeting>) -> Router {
+    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let counted = generation
             .resource::<Counted>("counted")
             .cloned()

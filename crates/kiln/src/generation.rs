@@ -25,8 +25,6 @@ pub struct Generation<C> {
     /// The pools and resources built for this generation (not carried over).
     built: Vec<String>,
     loaded_at: SystemTime,
-    /// The per-key app instances built for this generation.
-    pub(crate) keyed: crate::keyed::Slot,
     /// The runtime it was built on, entered to drop its pools and resources
     /// when the last reference goes outside any runtime: a SQLite
     /// connection's drop spawns a blocking task, which panics there.
@@ -60,7 +58,6 @@ impl<C> Generation<C> {
             resources,
             built,
             loaded_at: SystemTime::now(),
-            keyed: Default::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }

@@ -39,6 +39,11 @@ pub(crate) struct Shared<A: App> {
     current: ArcSwap<Generation<A::Config>>,
     /// The same generation as `current`, for those who wait for the next one.
     changes: watch::Sender<Arc<Generation<A::Config>>>,
+    /// The app's state for `current`, from its `prepare`: what workers
+    /// build their routers from, and the next generation's `previous`.
+    /// Replaced with `current` under this lock, so that the two read
+    /// together ([`prepared`](Kiln::prepared)) always match.
+    state: Mutex<Arc<A::State>>,
     /// Touched only by the control plane (attach, reload, status).
     workers: Mutex<Workers>,
     /// Serializes reloads; holds the text of the configuration the current
@@ -177,6 +182,12 @@ impl<A: App> Kiln<A> {
         self.shared.current.load_full()
     }
 
+    /// The current generation and the app's state for it.
+    fn prepared(&self) -> (Arc<Generation<A::Config>>, Arc<A::State>) {
+        let state = self.shared.state.lock().expect("state lock");
+        (self.current(), state.clone())
+    }
+
     /// Attaches a worker on the calling runtime: builds its app for the
     /// current generation here, serves `server.warm_requests` through it
     /// in-process, and registers it so that every reload rebuilds its app on
@@ -190,15 +201,15 @@ impl<A: App> Kiln<A> {
     ///
     /// When the app cannot be built or a warm request fails.
     pub async fn worker(&self) -> Result<Worker, BuildError> {
-        let built_for = self.current();
-        let mut app = self.build_worker_app(built_for.clone(), None).await;
+        let (built_for, state) = self.prepared();
+        let mut app = self.build_worker_app(built_for.clone(), &state, None).await;
         // Register under the reload lock so that no reload can miss this worker;
         // if one was published while we were building (whether or not that
         // build succeeded), build again for it.
         let _serialized = self.shared.reload_lock.lock().await;
-        let current = self.current();
+        let (current, state) = self.prepared();
         if current.id() != built_for.id() {
-            app = self.build_worker_app(current, None).await;
+            app = self.build_worker_app(current, &state, None).await;
         }
         let mut workers = self.shared.workers.lock().expect("workers lock");
         let id = workers.next_id;
@@ -325,27 +336,35 @@ impl<A: App> Kiln<A> {
         &self,
         generation: Arc<Generation<A::Config>>,
         fresh: &[String],
-    ) -> Result<Staged<A::Config>, BuildError> {
-        prepare(&self.shared.app, &generation).await?;
+    ) -> Result<Staged<A>, BuildError> {
+        let (_, previous) = self.prepared();
+        let state = prepare(&self.shared.app, &generation, Some(&previous)).await?;
+        drop(previous);
         let workers = self.shared.workers.lock().expect("workers lock").live();
         let timeout = generation.config().server.warm_timeout;
         let builds = workers.into_iter().map(|(id, runtime, current)| {
             let kiln = self.clone();
             let generation = generation.clone();
+            let state = state.clone();
             let fresh = fresh.to_vec();
             async move {
-                let app =
-                    tokio::time::timeout(timeout, kiln.build_on(id, runtime, generation, fresh))
-                        .await
-                        .map_err(|_| BuildError::Timeout {
-                            what: format!("worker {id}"),
-                            timeout,
-                        })??;
+                let build = kiln.build_on(id, runtime, generation, state, fresh);
+                let app = tokio::time::timeout(timeout, build).await.map_err(|_| {
+                    BuildError::Timeout {
+                        what: format!("worker {id}"),
+                        timeout,
+                    }
+                })??;
                 Ok::<_, BuildError>((current, app))
             }
         });
         let apps = futures_util::future::try_join_all(builds).await?;
-        Ok(Staged { generation, apps })
+        Ok(Staged {
+            generation,
+            rebuilt: self.shared.app.rebuilt(&state),
+            state,
+            apps,
+        })
     }
 
     /// Builds worker `id`'s app on `runtime`. When that runtime has ended
@@ -357,13 +376,16 @@ impl<A: App> Kiln<A> {
         id: usize,
         runtime: Handle,
         generation: Arc<Generation<A::Config>>,
+        state: Arc<A::State>,
         fresh: Vec<String>,
     ) -> Result<Arc<WorkerApp>, BuildError> {
         let kiln = self.clone();
         let task = {
-            let generation = generation.clone();
-            let fresh = fresh.clone();
-            runtime.spawn(async move { kiln.build_worker_app(generation, Some(&fresh)).await })
+            let (generation, state, fresh) = (generation.clone(), state.clone(), fresh.clone());
+            runtime.spawn(async move {
+                kiln.build_worker_app(generation, &state, Some(&fresh))
+                    .await
+            })
         };
         let _abort = AbortOnDrop(task.abort_handle());
         let built = match task.await {
@@ -374,7 +396,8 @@ impl<A: App> Kiln<A> {
                     "The worker's runtime has ended; building its app on this one from now on"
                 );
                 self.rehome(id);
-                self.build_worker_app(generation, Some(&fresh)).await
+                self.build_worker_app(generation, &state, Some(&fresh))
+                    .await
             }
             Err(join) => Err(format!("stopped while building: {join}").into()),
         };
@@ -390,16 +413,24 @@ impl<A: App> Kiln<A> {
     }
 
     /// Publishes a staged generation: every worker's app, then kiln's
-    /// current generation, then the news to subscribers, so that whoever
-    /// sees the new generation (through [`current`](Self::current) or
-    /// [`subscribe`](Self::subscribe)) finds every worker already serving
-    /// it. Each is one atomic pointer store.
-    pub(crate) fn swap(&self, staged: Staged<A::Config>) {
-        let Staged { generation, apps } = staged;
+    /// current generation (with the app's state for it), then the news to
+    /// subscribers, so that whoever sees the new generation (through
+    /// [`current`](Self::current) or [`subscribe`](Self::subscribe)) finds
+    /// every worker already serving it. Each is one atomic pointer store.
+    pub(crate) fn swap(&self, staged: Staged<A>) {
+        let Staged {
+            generation,
+            state,
+            apps,
+            ..
+        } = staged;
         for (current, app) in apps {
             current.store(app);
         }
+        let mut published = self.shared.state.lock().expect("state lock");
+        *published = state;
         self.shared.current.store(generation.clone());
+        drop(published);
         self.shared.changes.send_replace(generation);
     }
 
@@ -409,6 +440,7 @@ impl<A: App> Kiln<A> {
     async fn build_worker_app(
         &self,
         generation: Arc<Generation<A::Config>>,
+        state: &A::State,
         fresh: Option<&[String]>,
     ) -> Result<Arc<WorkerApp>, BoxError> {
         let config = generation.config();
@@ -422,7 +454,7 @@ impl<A: App> Kiln<A> {
             .unwrap_or(1);
         let width = widest.div_ceil(config.server.worker_count());
         let app = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            WorkerApp::build(&self.shared.app, generation, &self.shared.readiness)
+            WorkerApp::build(&self.shared.app, generation, state, &self.shared.readiness)
         }))
         .map_err(|panic| panicked("App::router".to_owned(), panic))?;
         let app = Arc::new(app);
@@ -441,16 +473,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A generation built and warmed on every worker, not yet published: each
-/// worker's app beside the place it is published to.
-pub(crate) struct Staged<C> {
-    generation: Arc<Generation<C>>,
+/// A generation built and warmed on every worker, not yet published: the
+/// app's state for it, and each worker's app beside the place it is
+/// published to.
+pub(crate) struct Staged<A: App> {
+    generation: Arc<Generation<A::Config>>,
+    state: Arc<A::State>,
+    /// What the app's `prepare` built anew ([`App::rebuilt`]).
+    rebuilt: Vec<String>,
     apps: Vec<(Arc<ArcSwap<WorkerApp>>, Arc<WorkerApp>)>,
 }
 
-impl<C> Staged<C> {
+impl<A: App> Staged<A> {
     pub(crate) fn generation_id(&self) -> u64 {
         self.generation.id()
+    }
+
+    /// What the app's `prepare` built anew, for the reload answer.
+    pub(crate) fn rebuilt(&self) -> &[String] {
+        &self.rebuilt
     }
 }
 
@@ -502,7 +543,7 @@ impl<A: App> Builder<A> {
             .to_path_buf();
         let source = Arc::new(FileSource::new(loaded.source.clone()));
         let generation = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
-        prepare(&self.app, &generation).await?;
+        let state = prepare(&self.app, &generation, None).await?;
         let generation = Arc::new(generation);
         Ok(Kiln {
             shared: Arc::new(Shared {
@@ -512,6 +553,7 @@ impl<A: App> Builder<A> {
                 source,
                 current: ArcSwap::new(generation.clone()),
                 changes: watch::Sender::new(generation),
+                state: Mutex::new(state),
                 workers: Mutex::default(),
                 reload_lock: tokio::sync::Mutex::new(None),
                 history: History::default(),
@@ -532,13 +574,20 @@ impl<A: App> Builder<A> {
     }
 }
 
-async fn prepare<A: App>(app: &A, generation: &Generation<A::Config>) -> Result<(), BuildError> {
+/// Runs the app's `prepare` within `server.warm_timeout`, a panic caught.
+async fn prepare<A: App>(
+    app: &A,
+    generation: &Generation<A::Config>,
+    previous: Option<&A::State>,
+) -> Result<Arc<A::State>, BuildError> {
     let timeout = generation.config().server.warm_timeout;
     let prepared = catch_panic(|| "App::prepare".to_owned(), async {
-        app.prepare(generation).await.map_err(BuildError::App)
+        app.prepare(generation, previous)
+            .await
+            .map_err(BuildError::App)
     });
     match tokio::time::timeout(timeout, prepared).await {
-        Ok(result) => result,
+        Ok(result) => result.map(Arc::new),
         Err(_) => Err(BuildError::Timeout {
             what: "app prepare".to_owned(),
             timeout,

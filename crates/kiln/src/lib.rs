@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
-//! use kiln::{App, Generation};
+//! use kiln::{App, BoxError, Generation};
 //!
 //! #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 //! struct Hello {
@@ -24,8 +24,13 @@
 //!
 //! impl App for HelloApp {
 //!     type Config = Hello;
+//!     type State = ();
 //!
-//!     fn router(&self, generation: &Generation<Hello>) -> Router {
+//!     async fn prepare(&self, _: &Generation<Hello>, _: Option<&()>) -> Result<(), BoxError> {
+//!         Ok(())
+//!     }
+//!
+//!     fn router(&self, generation: &Generation<Hello>, _: &()) -> Router {
 //!         let greeting = generation.app().greeting.clone();
 //!         Router::new().route("/", get(move || async move { greeting }))
 //!     }
@@ -56,7 +61,9 @@
 //! # struct HelloApp;
 //! # impl App for HelloApp {
 //! #     type Config = Hello;
-//! #     fn router(&self, _: &Generation<Hello>) -> Router { Router::new() }
+//! #     type State = ();
+//! #     async fn prepare(&self, _: &Generation<Hello>, _: Option<&()>) -> Result<(), kiln::BoxError> { Ok(()) }
+//! #     fn router(&self, _: &Generation<Hello>, _: &()) -> Router { Router::new() }
 //! # }
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
@@ -105,7 +112,7 @@ pub use crate::app::{App, BoxError};
 pub use crate::error::{BuildError, Refusal, ReloadError, ServeError, StartError};
 pub use crate::generation::Generation;
 pub use crate::history::HistoryEntry;
-pub use crate::keyed::{KeyContext, Keyed, KeyedApp};
+pub use crate::keyed::{KeyContext, Keyed, KeyedApp, KeyedInstances};
 pub use crate::kiln::{Builder, Kiln, Status, Worker, WorkerStatus};
 pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;

@@ -271,7 +271,7 @@ impl<A: App> Kiln<A> {
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
         }
-        let rebuilt = [generation.built(), &generation.keyed.take_rebuilt()].concat();
+        let rebuilt = [generation.built(), staged.rebuilt()].concat();
         if let Candidate::Text(text) = candidate {
             let (source, current) = (self.shared.source.clone(), current.clone());
             blocking(move || source.write(current.text(), &text, current.id())).await?;

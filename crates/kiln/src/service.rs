@@ -67,10 +67,11 @@ impl WorkerApp {
     pub(crate) fn build<A: App>(
         app: &A,
         generation: Arc<Generation<A::Config>>,
+        state: &A::State,
         readiness: &Arc<Readiness>,
     ) -> Self {
         let router = app
-            .router(&generation)
+            .router(&generation, state)
             .merge(health_routes(readiness.clone()));
         let server = &generation.config().server;
         let max_body = server.max_body.0;
