@@ -339,7 +339,6 @@ impl<A: App> Kiln<A> {
     ) -> Result<Staged<A>, BuildError> {
         let (_, previous) = self.prepared();
         let state = prepare(&self.shared.app, &generation, Some(&previous)).await?;
-        drop(previous);
         let workers = self.shared.workers.lock().expect("workers lock").live();
         let timeout = generation.config().server.warm_timeout;
         let builds = workers.into_iter().map(|(id, runtime, current)| {
