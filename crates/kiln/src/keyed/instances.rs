@@ -46,7 +46,7 @@ pub struct KeyedInstances<K: KeyedApp> {
 /// An on-demand key's build: its instance, or why it failed and when.
 type Cell<S> = OnceCell<Result<Arc<Instance<S>>, Failure>>;
 
-#[derive(Clone)]
+/// A failed on-demand build: the message its requests get, and when.
 struct Failure {
     message: String,
     at: Instant,
@@ -350,5 +350,28 @@ impl Sources {
 
     fn section(&self, table: &str, name: &str) -> Option<Value> {
         self.raw.get(table)?.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(ago: Duration) -> Result<(), Failure> {
+        Err(Failure {
+            message: String::new(),
+            at: Instant::now().checked_sub(ago).expect("a clock this old"),
+        })
+    }
+
+    #[test]
+    fn a_failure_answers_for_its_ttl_then_the_next_request_builds_again() {
+        assert!(!is_stale(&failed(Duration::ZERO)));
+        assert!(!is_stale(&failed(FAILURE_TTL / 2)));
+        assert!(is_stale(&failed(FAILURE_TTL)));
+        assert!(
+            !is_stale(&Ok::<(), Failure>(())),
+            "an instance never goes stale"
+        );
     }
 }
