@@ -1,4 +1,5 @@
-//! One immutable snapshot of configuration and resources.
+//! One immutable snapshot of configuration and resources, and how one is
+//! built (start-up and reload share it).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,8 +9,8 @@ use kiln_config::{Config, Loaded};
 use kiln_resources::{Pool, Pools};
 use serde_json::Value;
 
-use crate::Resource;
-use crate::resource::Built;
+use crate::resource::{Built, Registry};
+use crate::{AppConfig, BuildError, ConfigError, ReloadError, Resource, StartError};
 
 /// One generation: its id (strictly increasing), its validated config, the
 /// pools built from it, and when it was published.
@@ -147,4 +148,75 @@ impl<C: std::fmt::Debug> std::fmt::Debug for Generation<C> {
             .field("resources", &self.resources.keys())
             .finish_non_exhaustive()
     }
+}
+
+/// Why a generation could not be built: its config or its resources.
+pub(crate) enum BuildFailure {
+    Config(ConfigError),
+    Build(BuildError),
+}
+
+impl From<BuildFailure> for ReloadError {
+    fn from(failure: BuildFailure) -> Self {
+        match failure {
+            BuildFailure::Config(e) => Self::Invalid(e),
+            BuildFailure::Build(e) => Self::Build(e),
+        }
+    }
+}
+
+impl From<BuildFailure> for StartError {
+    fn from(failure: BuildFailure) -> Self {
+        match failure {
+            BuildFailure::Config(e) => Self::Config(e),
+            BuildFailure::Build(e) => Self::Build(e),
+        }
+    }
+}
+
+/// Builds generation `id` from `loaded`: checks the resource sections, then
+/// builds and warms, concurrently, every pool and resource whose own section
+/// differs from `previous` (all of them without one), carrying the others
+/// over as they are; [`Generation::is_new`] tells which were built anew.
+pub(crate) async fn build_generation<C: AppConfig>(
+    registry: &Registry,
+    base_dir: &Path,
+    id: u64,
+    loaded: Loaded<C>,
+    previous: Option<&Generation<C>>,
+) -> Result<Generation<C>, BuildFailure> {
+    registry
+        .check(&loaded.config.resources, &loaded.source)
+        .map_err(BuildFailure::Config)?;
+    let unchanged = |table: &str, name: &str| {
+        let section = |raw: &Value| raw.get(table).and_then(|t| t.get(name)).cloned();
+        previous.is_some_and(|previous| section(previous.raw()) == section(&loaded.raw))
+    };
+    let timeout = loaded.config.server.warm_timeout;
+    let carried = previous
+        .map(|p| p.pools().filter(|name| unchanged("pools", name)))
+        .unwrap_or_default();
+    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, &carried);
+    let resources = registry.build_all(&loaded.config.resources, timeout, |name| {
+        unchanged("resources", name)
+            .then(|| previous.and_then(|p| p.built_resource(name)))
+            .flatten()
+    });
+    let (pools, resources) =
+        tokio::try_join!(async { pools.await.map_err(BuildError::from) }, resources)
+            .map_err(BuildFailure::Build)?;
+    let built = loaded
+        .config
+        .pools
+        .keys()
+        .filter(|name| !unchanged("pools", name))
+        .map(String::as_str)
+        .chain(
+            registry
+                .names()
+                .filter(|name| !unchanged("resources", name)),
+        )
+        .map(str::to_owned)
+        .collect();
+    Ok(Generation::new(id, loaded, pools, resources, built))
 }

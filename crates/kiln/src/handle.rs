@@ -15,9 +15,9 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::error::{catch_panic, panicked};
+use crate::generation::build_generation;
 use crate::history::History;
 use crate::http::warm_requests;
-use crate::reload::build_generation;
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
 use crate::source::{FileSource, Source};
