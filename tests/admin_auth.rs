@@ -5,14 +5,12 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::routing::get;
-use kiln::{App, BoxError, Generation, Kiln};
+use kiln::Kiln;
 use serde_json::{Value, json};
 
-use crate::util::{self, Config, Greeting, Reply, Server, Site, send};
+use crate::util::{self, Config, GreetingApp, Reply, Server, Site, send};
 
 const ROUTES: [(&str, &str); 4] = [
     ("GET", "/admin/status"),
@@ -329,23 +327,6 @@ fn every_mutation_is_audited_with_its_peer() {
     );
 }
 
-/// The smallest app to embed: its greeting at `/`.
-struct Hello;
-
-impl App for Hello {
-    type Config = Greeting;
-    type State = ();
-
-    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
-        let greeting = generation.app().greeting.clone();
-        Router::new().route("/", get(move || async move { greeting }))
-    }
-}
-
 /// `method path` for an in-process router, with a JSON body for changes.
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     let mut request = Request::builder().method(method).uri(path);
@@ -359,10 +340,10 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
         .expect("a valid request")
 }
 
-async fn start_embedded(config: &Config) -> (Site, Kiln<Hello>) {
+async fn start_embedded(config: &Config) -> (Site, Kiln<GreetingApp>) {
     let site = Site::new(&config.render());
     let loaded = kiln::load_config(&site.config_path()).expect("a valid config");
-    let kiln = Kiln::start(Hello, loaded).await.expect("kiln starts");
+    let kiln = Kiln::start(GreetingApp, loaded).await.expect("kiln starts");
     (site, kiln)
 }
 

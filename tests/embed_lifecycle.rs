@@ -10,24 +10,9 @@ use axum::Router;
 use axum::routing::get;
 use kiln::{App, BoxError, Generation, Kiln, ReloadError, Trigger};
 
-use crate::util::{Config, EMBED_TIMEOUT, Gate, Greeting, Site, get_in_process, wait_until_async};
-
-/// Answers the greeting of the generation it was built for.
-struct GreetingApp;
-
-impl App for GreetingApp {
-    type Config = Greeting;
-    type State = ();
-
-    async fn prepare(&self, _: &Generation<Greeting>, _: Option<&()>) -> Result<(), BoxError> {
-        Ok(())
-    }
-
-    fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
-        let greeting = generation.app().greeting.clone();
-        Router::new().route("/", get(move || async move { greeting }))
-    }
-}
+use crate::util::{
+    Config, EMBED_TIMEOUT, Gate, Greeting, GreetingApp, Site, get_in_process, wait_until_async,
+};
 
 fn config(greeting: &str) -> String {
     Config::sqlite().greeting(greeting).render()

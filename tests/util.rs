@@ -1314,6 +1314,28 @@ pub(crate) struct Greeting {
 
 impl kiln::AppConfig for Greeting {}
 
+/// The smallest app to embed: the greeting of the generation it was built
+/// for, at `/`.
+pub(crate) struct GreetingApp;
+
+impl kiln::App for GreetingApp {
+    type Config = Greeting;
+    type State = ();
+
+    async fn prepare(
+        &self,
+        _: &kiln::Generation<Greeting>,
+        _: Option<&()>,
+    ) -> Result<(), kiln::BoxError> {
+        Ok(())
+    }
+
+    fn router(&self, generation: &kiln::Generation<Greeting>, _: &()) -> axum::Router {
+        let greeting = generation.app().greeting.clone();
+        axum::Router::new().route("/", axum::routing::get(move || async move { greeting }))
+    }
+}
+
 /// Sends `request` through `router` in-process and reads the answer in full.
 pub(crate) async fn send(router: &axum::Router, request: axum::extract::Request) -> Reply {
     use tower::ServiceExt as _;

@@ -74,6 +74,22 @@ enum Candidate {
     Text(String),
 }
 
+/// Picks a reload's candidate from the source, the current generation and
+/// the text of the one it replaced (for rollback); runs on the blocking pool.
+trait Choose<C>:
+    FnOnce(&dyn Source<C>, &Generation<C>, &Option<String>) -> Result<Candidate, ReloadError>
+    + Send
+    + 'static
+{
+}
+
+impl<C, F> Choose<C> for F where
+    F: FnOnce(&dyn Source<C>, &Generation<C>, &Option<String>) -> Result<Candidate, ReloadError>
+        + Send
+        + 'static
+{
+}
+
 impl<A: App> Kiln<A> {
     /// Re-reads the configuration source and, if it is valid and every
     /// changed resource warms, swaps it in on every worker.
@@ -166,13 +182,7 @@ impl<A: App> Kiln<A> {
     async fn apply(
         &self,
         trigger: Trigger,
-        choose: impl FnOnce(
-            &dyn Source<A::Config>,
-            &Generation<A::Config>,
-            &Option<String>,
-        ) -> Result<Candidate, ReloadError>
-        + Send
-        + 'static,
+        choose: impl Choose<A::Config>,
     ) -> Result<ReloadOutcome, ReloadError> {
         // tokio's clock, which is std's unless a test pauses it.
         let started = tokio::time::Instant::now();
@@ -213,13 +223,7 @@ impl<A: App> Kiln<A> {
         &self,
         previous_text: &mut Option<String>,
         started: tokio::time::Instant,
-        choose: impl FnOnce(
-            &dyn Source<A::Config>,
-            &Generation<A::Config>,
-            &Option<String>,
-        ) -> Result<Candidate, ReloadError>
-        + Send
-        + 'static,
+        choose: impl Choose<A::Config>,
     ) -> Result<ReloadOutcome, ReloadError> {
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
