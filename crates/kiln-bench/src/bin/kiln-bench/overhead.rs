@@ -36,6 +36,7 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
             "kiln-no-header-timeout",
             1,
         ),
+        ("kiln, 1 worker, http2 = false", "kiln-http1-only", 1),
         ("bare axum, 1 thread", "bare", 1),
         ("actix-web, 1 worker", "actix", 1),
         ("kiln, 2 workers", "kiln", 2),
@@ -46,11 +47,14 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
     for round in 0..c.runs {
         for (variant, program, threads) in variants {
             let (server, addr) = match program {
-                "kiln" | "kiln-reuse-port" | "kiln-no-header-timeout" => {
+                "kiln" | "kiln-reuse-port" | "kiln-no-header-timeout" | "kiln-http1-only" => {
                     let mut conf = KilnConf::new(threads)?;
                     conf.reuse_port = program == "kiln-reuse-port";
                     if program == "kiln-no-header-timeout" {
                         conf.header_read_timeout = "0s";
+                    }
+                    if program == "kiln-http1-only" {
+                        conf.server_extra = "http2 = false\n";
                     }
                     let server = conf.start(c, "overhead", Some(&c.server_cpus))?;
                     (server, conf.addr())
