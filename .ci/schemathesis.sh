@@ -22,6 +22,12 @@ if ! command -v schemathesis >/dev/null ||
     [[ $(schemathesis --version 2>/dev/null) != *"$SCHEMATHESIS_VERSION"* ]]; then
     python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" ||
         die "cannot install schemathesis $SCHEMATHESIS_VERSION with pip"
+    # pip puts the command beside this python's scripts, which a fresh
+    # machine's PATH may not list (or list only through pyenv's shims).
+    hash -r
+    command -v schemathesis >/dev/null ||
+        PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+    command -v schemathesis >/dev/null || die "schemathesis installed, but not found on PATH"
 fi
 
 work=$(mktemp -d -t kiln-schemathesis-XXXXXX)
