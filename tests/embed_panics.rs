@@ -138,7 +138,7 @@ async fn a_panic_at_start_up_is_a_start_error() {
         )
         .await
         .expect("start-up returns instead of panicking");
-        let error = started.err().expect("start-up fails");
+        let error = started.expect_err("start-up fails");
         assert!(
             error.to_string().contains(what) && error.to_string().contains("panicked"),
             "{error}"

@@ -31,6 +31,7 @@ pub struct Reply {
 }
 
 /// One keep-alive HTTP/1.1 connection, reopened when the server closed it.
+#[derive(Debug)]
 pub struct Conn {
     addr: SocketAddr,
     sender: Option<SendRequest<Full<Bytes>>>,

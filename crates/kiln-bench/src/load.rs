@@ -97,6 +97,7 @@ impl Spec {
 }
 
 /// A load in progress.
+#[derive(Debug)]
 pub struct Load {
     /// When the load started; every `sent_s` counts from here.
     pub start: Instant,

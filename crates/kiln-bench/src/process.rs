@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 /// A server process started by the driver; killed when dropped.
+#[derive(Debug)]
 pub struct Server {
     child: Child,
     /// When the process was spawned.

@@ -28,6 +28,7 @@ impl AppConfig for () {}
 /// The whole configuration document.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "A: AppConfig"))]
+#[non_exhaustive]
 pub struct Config<A> {
     /// `[server]`: the main listener and the worker pool.
     #[serde(default)]
@@ -135,6 +136,7 @@ impl<A: AppConfig> Config<A> {
 /// `[server]`: the main listener and the worker pool.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Address of the main listener. Restart-only.
     pub listen: SocketAddr,
@@ -236,6 +238,7 @@ impl Default for ServerConfig {
 /// `[admin]`: the admin listener.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct AdminConfig {
     /// Address of the admin listener. Restart-only.
     pub listen: SocketAddr,
@@ -392,6 +395,7 @@ pub enum PoolKind {
 /// `[reload]`: how changes to the source are noticed and remembered.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ReloadConfig {
     /// Reload when the configuration file changes.
     pub watch: bool,
@@ -424,6 +428,7 @@ impl std::fmt::Display for PoolKind {
 /// `[log]`: what the log shows and how.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct LogConfig {
     /// The least severe level shown. Live when kiln installed the log
     /// subscriber (`kiln::logging::init`) and `RUST_LOG` is unset; a reload

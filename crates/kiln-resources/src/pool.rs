@@ -85,6 +85,7 @@ impl ResourceError {
 /// often repeat their cause in their own message (deadpool's "Error
 /// occurred while creating a new object: {cause}"), and tokio-postgres's
 /// own message is only `db error`, with the server's in its source.
+#[derive(Debug)]
 pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {

@@ -92,6 +92,15 @@ impl<A: App> Clone for Kiln<A> {
     }
 }
 
+impl<A: App> std::fmt::Debug for Kiln<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kiln")
+            .field("generation", &self.current().id())
+            .field("source", &self.shared.source.describe())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One worker attached to kiln: the service that runs its requests on the
 /// current generation. Reloads rebuild its app on the runtime it was
 /// attached from. It stays attached while it or one of its services (or a
@@ -116,6 +125,7 @@ impl Worker {
 
 /// A point-in-time report on kiln, as `GET /admin/status` shows it.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct Status {
     /// The current generation's id.
     pub generation: u64,
@@ -135,6 +145,7 @@ pub struct Status {
 
 /// One worker's line in [`Status`].
 #[derive(Clone, Copy, Debug, Serialize)]
+#[non_exhaustive]
 pub struct WorkerStatus {
     /// The worker's index.
     pub id: usize,
@@ -494,11 +505,28 @@ impl<A: App> Staged<A> {
     }
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("generation", &self.current.load().generation)
+            .finish()
+    }
+}
+
 /// Sets kiln up before it starts: the resources to build from
 /// `[resources.NAME]` sections.
 pub struct Builder<A: App> {
     app: A,
     registry: Registry,
+}
+
+impl<A: App> std::fmt::Debug for Builder<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("resources", &self.registry.names().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: App> Builder<A> {

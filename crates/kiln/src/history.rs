@@ -13,6 +13,7 @@ use crate::{ReloadError, ReloadOutcome, Trigger};
 
 /// One reload attempt.
 #[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
 pub struct HistoryEntry {
     /// The generation it made; `None` when it was refused (a refused
     /// attempt uses no generation id).

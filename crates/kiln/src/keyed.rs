@@ -79,6 +79,14 @@ pub struct KeyContext {
     used: Mutex<BTreeSet<(&'static str, String)>>,
 }
 
+impl std::fmt::Debug for KeyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyContext")
+            .field("used", &self.used.lock().expect("used lock"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl KeyContext {
     /// The id of the generation the instance is built for.
     pub fn generation(&self) -> u64 {

@@ -51,6 +51,7 @@ impl fmt::Display for Trigger {
 
 /// A reload that was applied: every worker now serves `generation`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ReloadOutcome {
     /// The new generation's id.
     pub generation: u64,

@@ -175,6 +175,15 @@ pub struct GenerationService {
     warm_up: bool,
 }
 
+impl std::fmt::Debug for GenerationService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationService")
+            .field("generation", &self.current.load().generation)
+            .field("warm_up", &self.warm_up)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request extension (which no client can set) on the requests a worker
 /// serves to itself while warming.
 #[derive(Clone, Copy, Debug)]

@@ -114,11 +114,10 @@ mod tests {
     use super::*;
 
     fn config(origins: &[&str], hosts: &[&str]) -> AdminConfig {
-        AdminConfig {
-            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
-            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            ..AdminConfig::default()
-        }
+        let mut config = AdminConfig::default();
+        config.allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+        config.allowed_hosts = hosts.iter().map(|h| h.to_string()).collect();
+        config
     }
 
     fn check(host: &str, config: &AdminConfig, hosts: Hosts) -> bool {
