@@ -70,9 +70,17 @@ impl App for Holder {
 
     fn router(&self, generation: &Generation<Greeting>, _: &()) -> Router {
         let counted = generation
-            .resource::<Counted>("counted")
-            .cloned()
+            .resource_arc::<Counted>("counted")
             .expect("registered");
+        assert!(
+            std::ptr::eq(
+                &*counted,
+                generation
+                    .resource::<Counted>("counted")
+                    .expect("registered")
+            ),
+            "resource_arc and resource name the same resource"
+        );
         let held = counted.clone();
         let gate = self.gate.clone();
         Router::new()

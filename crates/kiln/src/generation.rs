@@ -106,6 +106,14 @@ impl<C> Generation<C> {
         self.resources.get(name)?.downcast_ref()
     }
 
+    /// The same resource as an `Arc`, to hold in a handler's state or a
+    /// background task without cloning the resource itself (or making it
+    /// `Arc`-inside). Holding it keeps the resource, not the generation,
+    /// alive.
+    pub fn resource_arc<R: Resource>(&self, name: &str) -> Option<std::sync::Arc<R>> {
+        self.resources.get(name)?.clone().downcast().ok()
+    }
+
     pub(crate) fn built_resource(&self, name: &str) -> Option<Built> {
         self.resources.get(name).cloned()
     }
