@@ -325,14 +325,20 @@ fn status_and_config_describe_the_live_generation() {
     assert_eq!(status.status, 200, "{status:?}");
     let s = status.json();
     assert_eq!(s["generation"], json!(1), "{s}");
-    assert!(!s["loaded_at"].is_null(), "loaded_at: {s}");
+    // RFC 3339 in UTC to the second (`2026-12-01T10:00:00Z`), as documented.
+    assert!(
+        s["loaded_at"]
+            .as_str()
+            .is_some_and(|at| at.len() == 20 && at.ends_with('Z')),
+        "loaded_at: {s}"
+    );
     assert!(
         s["source"]
             .as_str()
             .is_some_and(|p| p.contains("kiln.toml")),
         "source: {s}"
     );
-    assert!(s["uptime_s"].is_number(), "uptime_s: {s}");
+    assert!(s["uptime_s"].is_u64(), "uptime_s: {s}");
     assert_eq!(s["draining"], json!(false), "{s}");
     let workers = s["workers"]
         .as_array()

@@ -66,14 +66,11 @@ impl Monitor {
         state.last_error = Some((error, SystemTime::now()));
     }
 
-    /// The health, the last error and when it happened (RFC 3339).
-    pub(crate) fn read(&self) -> (Health, Option<String>, Option<String>) {
+    /// The health, the last error and when it happened.
+    pub(crate) fn read(&self) -> (Health, Option<String>, Option<SystemTime>) {
         let state = self.state.lock().expect("health lock");
         let (error, at) = match &state.last_error {
-            Some((error, at)) => (
-                Some(error.clone()),
-                Some(humantime::format_rfc3339_seconds(*at).to_string()),
-            ),
+            Some((error, at)) => (Some(error.clone()), Some(*at)),
             None => (None, None),
         };
         (state.health, error, at)

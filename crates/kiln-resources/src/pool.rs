@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::try_join_all;
 use kiln_config::{PoolConfig, PoolKind};
@@ -39,8 +39,21 @@ pub struct PoolStatus {
     pub health: Health,
     /// The last connection error, with its causes; kept after recovery.
     pub last_error: Option<String>,
-    /// When `last_error` happened (RFC 3339, UTC).
-    pub last_error_at: Option<String>,
+    /// When `last_error` happened (RFC 3339 in UTC, to the second, in
+    /// JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub last_error_at: Option<SystemTime>,
+}
+
+/// `2026-12-01T10:00:00Z`, as `GET /admin/status` has always shown it.
+fn rfc3339<S: serde::Serializer>(
+    at: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serializer.collect_str(&humantime::format_rfc3339_seconds(*at)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The error type resources keep as their cause.

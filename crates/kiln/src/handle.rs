@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -129,16 +129,18 @@ impl Worker {
 pub struct Status {
     /// The current generation's id.
     pub generation: u64,
-    /// When it was published (RFC 3339, UTC).
-    pub loaded_at: String,
+    /// When it was published (RFC 3339 in UTC, to the second, in JSON).
+    #[serde(serialize_with = "crate::json_time::rfc3339")]
+    pub loaded_at: SystemTime,
     /// Where the configuration comes from: the file's path.
     pub source: String,
     /// Each worker's current generation.
     pub workers: Vec<WorkerStatus>,
     /// Each pool's figures and health.
     pub pools: BTreeMap<String, PoolStatus>,
-    /// Seconds since start.
-    pub uptime_s: u64,
+    /// Time since start; `uptime_s`, whole seconds, in JSON.
+    #[serde(rename = "uptime_s", serialize_with = "crate::json_time::seconds")]
+    pub uptime: Duration,
     /// Whether the server is shutting down.
     pub draining: bool,
 }
@@ -320,7 +322,7 @@ impl<A: App> Kiln<A> {
         let workers = self.shared.workers.lock().expect("workers lock").live();
         Status {
             generation: current.id(),
-            loaded_at: humantime::format_rfc3339_seconds(current.loaded_at()).to_string(),
+            loaded_at: current.loaded_at(),
             source: self.shared.source.describe(),
             workers: workers
                 .iter()
@@ -330,7 +332,7 @@ impl<A: App> Kiln<A> {
                 })
                 .collect(),
             pools: current.pools().status(),
-            uptime_s: self.shared.started.elapsed().as_secs(),
+            uptime: self.shared.started.elapsed(),
             draining: self.shared.readiness.is_draining(),
         }
     }

@@ -18,8 +18,9 @@ pub struct HistoryEntry {
     /// The generation it made; `None` when it was refused (a refused
     /// attempt uses no generation id).
     pub generation: Option<u64>,
-    /// When it ended (RFC 3339, UTC).
-    pub at: String,
+    /// When it ended (RFC 3339 in UTC, to the second, in JSON).
+    #[serde(serialize_with = "crate::json_time::rfc3339")]
+    pub at: SystemTime,
     /// What asked for it.
     pub trigger: Trigger,
     /// The address of the admin client that asked, when known (`None` for
@@ -63,7 +64,7 @@ impl History {
         result: &Result<ReloadOutcome, ReloadError>,
         capacity: usize,
     ) {
-        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let at = SystemTime::now();
         let entry = match result {
             Ok(outcome) => HistoryEntry {
                 generation: Some(outcome.generation),

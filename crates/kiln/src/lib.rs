@@ -98,6 +98,7 @@ mod generation;
 mod handle;
 mod history;
 mod http;
+mod json_time;
 mod keyed;
 pub mod logging;
 mod reload;

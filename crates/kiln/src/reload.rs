@@ -62,8 +62,10 @@ pub struct ReloadOutcome {
     /// Resources built anew (the others were carried over, still warm).
     pub rebuilt: Vec<String>,
     /// Time from the call (including any wait for an earlier reload to
-    /// end) to every worker serving the new generation.
-    pub took_ms: u64,
+    /// end) to every worker serving the new generation; `took_ms`, whole
+    /// milliseconds, in JSON.
+    #[serde(rename = "took_ms", serialize_with = "crate::json_time::millis")]
+    pub took: Duration,
 }
 
 /// Where a reload's candidate document comes from.
@@ -206,7 +208,7 @@ impl<A: App> Kiln<A> {
                 generation = outcome.generation,
                 changed = ?outcome.changed,
                 rebuilt = ?outcome.rebuilt,
-                took_ms = outcome.took_ms,
+                took_ms = outcome.took.as_millis() as u64,
                 "Reloaded"
             ),
             Err(e) => {
@@ -294,7 +296,7 @@ impl<A: App> Kiln<A> {
             previous: current.id(),
             changed,
             rebuilt,
-            took_ms: started.elapsed().as_millis() as u64,
+            took: started.elapsed(),
         })
     }
 }
