@@ -89,7 +89,7 @@ fn patch_is_refused_when_the_file_drifted_from_its_generation() {
     let reply = server.patch_config(&patch);
     let body = util::assert_refused(&reply, 409, 1);
     let error = body["error"].as_str().unwrap();
-    for needle in ["changed on disk", "generation 1", "POST /admin/reload"] {
+    for needle in ["kiln.toml changed since generation 1", "POST /admin/reload"] {
         assert!(error.contains(needle), "the error names {needle:?}: {body}");
     }
     assert_eq!(
@@ -130,7 +130,10 @@ fn patch_is_refused_when_the_file_drifts_while_it_warms() {
     });
     let body = util::assert_refused(&reply, 409, 1);
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("changed on disk"), "{body}");
+    assert!(
+        error.contains("kiln.toml changed since generation"),
+        "{body}"
+    );
     assert_eq!(server.site.read_config(), hand_edit, "the edit is kept");
     server.assert_serving("served", 1);
 }
@@ -146,7 +149,7 @@ fn rollback_is_refused_when_the_file_drifted_from_its_generation() {
 
     let body = util::assert_refused(&server.rollback(), 409, 2);
     let error = body["error"].as_str().unwrap();
-    for needle in ["changed on disk", "generation 2", "POST /admin/reload"] {
+    for needle in ["kiln.toml changed since generation 2", "POST /admin/reload"] {
         assert!(error.contains(needle), "the error names {needle:?}: {body}");
     }
     assert_eq!(server.site.read_config(), hand_edit);

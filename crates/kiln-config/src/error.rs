@@ -67,6 +67,7 @@ impl ConfigError {
 /// Applications return it from [`AppConfig::validate`](crate::AppConfig::validate)
 /// with a path relative to their own section; kiln prefixes `app.`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Invalid {
     /// Dotted key path, e.g. `pools.main.max_size`.
     pub path: String,

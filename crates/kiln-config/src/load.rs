@@ -13,6 +13,7 @@ use crate::{AppConfig, Config, ConfigError, ErrorKind};
 /// Its `Debug` shows the typed document (secrets as `***`) and the path,
 /// never `raw` or `text`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Loaded<A> {
     /// The typed, validated document.
     pub config: Config<A>,

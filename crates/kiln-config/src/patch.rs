@@ -6,11 +6,17 @@ use toml_edit::{DocumentMut, InlineTable, Item, Table};
 #[non_exhaustive]
 pub enum PatchError {
     /// The source is not valid TOML.
-    #[error("the file is not valid TOML: {0}")]
-    Source(String),
+    #[error("the file is not valid TOML: {message}")]
+    Source {
+        /// What the TOML parser said.
+        message: String,
+    },
     /// The source is not a TOML file at all.
-    #[error("PATCH rewrites TOML files only; {0} is not one")]
-    NotToml(String),
+    #[error("PATCH rewrites TOML files only; {origin} is not one")]
+    NotToml {
+        /// Where the configuration is stored (the file's path).
+        origin: String,
+    },
     /// The patch is not a JSON object.
     #[error(
         "a merge patch must be a JSON object of sections, e.g. {{\"app\": {{\"greeting\": \"hi\"}}}}"
@@ -36,9 +42,11 @@ pub enum PatchError {
 /// When the document is not TOML, the patch is not an object, or a value
 /// has no TOML form (`null` inside an array, say).
 pub fn merge_patch_toml(text: &str, patch: &Value) -> Result<String, PatchError> {
-    let mut document: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| PatchError::Source(e.to_string()))?;
+    let mut document: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| PatchError::Source {
+                message: e.to_string(),
+            })?;
     let Value::Object(_) = patch else {
         return Err(PatchError::NotAnObject);
     };

@@ -300,6 +300,7 @@ impl AdminConfig {
 /// `[pools.NAME]`: one connection pool.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// The database behind the pool.
     pub kind: PoolKind,
@@ -328,6 +329,21 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// A pool of `kind` at `url` with every other key at its default, as a
+    /// `[pools.NAME]` section with only `kind` and `url` reads (for code that
+    /// builds a pool without a file; set the public fields to change the
+    /// rest).
+    pub fn new(kind: PoolKind, url: impl Into<ConnString>) -> Self {
+        Self {
+            kind,
+            url: url.into(),
+            max_size: Self::default_max_size(),
+            warm: None,
+            wait_timeout: Self::default_wait_timeout(),
+            statement_timeout: None,
+        }
+    }
+
     fn default_max_size() -> usize {
         8
     }

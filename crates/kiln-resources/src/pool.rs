@@ -406,14 +406,9 @@ mod tests {
     use super::*;
 
     fn sqlite(dir: &Path, max_size: usize) -> Pool {
-        let config = PoolConfig {
-            kind: PoolKind::Sqlite,
-            url: "retire.sqlite3".into(),
-            max_size,
-            warm: None,
-            wait_timeout: Duration::from_secs(5),
-            statement_timeout: None,
-        };
+        let mut config = PoolConfig::new(PoolKind::Sqlite, "retire.sqlite3");
+        config.max_size = max_size;
+        config.wait_timeout = Duration::from_secs(5);
         Pool::build("main", &config, dir).expect("a SQLite pool builds")
     }
 

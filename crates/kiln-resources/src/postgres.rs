@@ -192,14 +192,10 @@ mod tests {
     use super::*;
 
     fn config(url: &str) -> PoolConfig {
-        PoolConfig {
-            kind: kiln_config::PoolKind::Postgres,
-            url: url.into(),
-            max_size: 4,
-            warm: None,
-            wait_timeout: Duration::from_secs(2),
-            statement_timeout: Some(Duration::from_millis(1500)),
-        }
+        let mut config = PoolConfig::new(kiln_config::PoolKind::Postgres, url);
+        config.max_size = 4;
+        config.statement_timeout = Some(Duration::from_millis(1500));
+        config
     }
 
     #[test]

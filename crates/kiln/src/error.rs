@@ -93,7 +93,10 @@ pub enum BuildError {
     Resource(#[from] ResourceError),
     /// The application's `prepare` failed.
     #[error("app")]
-    App(#[source] BoxError),
+    App {
+        /// Why.
+        source: BoxError,
+    },
     /// A worker could not build or warm its app instance.
     #[error("worker {worker}")]
     Worker {
@@ -128,7 +131,7 @@ impl BuildError {
     pub fn resource(&self) -> String {
         match self {
             Self::Resource(e) => e.resource.clone(),
-            Self::App(_) => "app".to_owned(),
+            Self::App { .. } => "app".to_owned(),
             Self::Worker { worker, .. } => format!("worker {worker}"),
             Self::Timeout { what, .. } | Self::Panicked { what, .. } => what.clone(),
         }
@@ -144,8 +147,11 @@ pub enum ReloadError {
     #[error(transparent)]
     Invalid(#[from] ConfigError),
     /// The new configuration changes keys that need a restart.
-    #[error("these keys need a restart to change: {}", .0.join(", "))]
-    RestartRequired(Vec<&'static str>),
+    #[error("these keys need a restart to change: {}", keys.join(", "))]
+    RestartRequired {
+        /// The key paths, in [`RESTART_KEYS`](crate::config::RESTART_KEYS) order.
+        keys: Vec<&'static str>,
+    },
     /// The change sets a key whose value something outside the file
     /// decides: an environment variable (`KILN__APP__GREETING` for
     /// `app.greeting`, `RUST_LOG` for `log.level`).
@@ -165,15 +171,16 @@ pub enum ReloadError {
         "log.level cannot change here: this process's log subscriber is not kiln's (kiln::logging::init was not called), so the change would not apply"
     )]
     LogNotManaged,
-    /// The source file changed on disk since the current generation was
-    /// loaded, and the operation (a patch, a rollback) would write over that
-    /// unapplied edit or carry it along.
+    /// The stored configuration (the file on disk) changed since the current
+    /// generation was loaded, and the operation (a patch, a rollback) would
+    /// write over that unapplied edit or carry it along.
     #[error(
-        "the file changed on disk since generation {generation} was loaded: reload first (POST /admin/reload) or discard the edit in {}", file.display()
+        "{origin} changed since generation {generation} was loaded: reload first (POST /admin/reload) or discard the edit"
     )]
     Drifted {
-        /// The source file.
-        file: std::path::PathBuf,
+        /// Where the configuration is stored, as its source describes it
+        /// (the file's path; the same as [`Status::source`](crate::Status::source)).
+        origin: String,
         /// The current generation, whose text the file no longer holds.
         generation: u64,
     },
@@ -197,12 +204,13 @@ pub enum ReloadError {
     /// There is no earlier configuration to roll back to.
     #[error("nothing to roll back to: no reload has replaced the first configuration yet")]
     NoPrevious,
-    /// The new configuration was valid and warm but could not be written to
-    /// its file, so it was not applied.
-    #[error("cannot write {}: {source}; nothing was applied", file.display())]
+    /// The new configuration was valid and warm but could not be stored
+    /// (written to its file), so it was not applied.
+    #[error("cannot write {origin}: {source}; nothing was applied")]
     Persist {
-        /// The source file.
-        file: std::path::PathBuf,
+        /// Where the configuration is stored, as its source describes it
+        /// (the file's path).
+        origin: String,
         /// Why.
         source: std::io::Error,
     },
@@ -220,7 +228,7 @@ impl ReloadError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::Patch(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RestartRequired(_)
+            Self::RestartRequired { .. }
             | Self::Overridden { .. }
             | Self::LogNotManaged
             | Self::Drifted { .. }
@@ -247,7 +255,7 @@ impl ReloadError {
         let mut body = ErrorBody::new(ErrorChain(self).to_string(), generation);
         match self {
             Self::Invalid(config) => body.key = config.key().map(str::to_owned),
-            Self::RestartRequired(keys) => body.keys = Some(keys.clone()),
+            Self::RestartRequired { keys } => body.keys = Some(keys.clone()),
             Self::Overridden { key, variable } => {
                 body.key = Some(key.clone());
                 body.variable = Some(variable.clone());

@@ -613,7 +613,7 @@ async fn prepare<A: App>(
     let prepared = catch_panic(|| "App::prepare".to_owned(), async {
         app.prepare(generation, previous)
             .await
-            .map_err(BuildError::App)
+            .map_err(|source| BuildError::App { source })
     });
     match tokio::time::timeout(timeout, prepared).await {
         Ok(result) => result.map(Arc::new),

@@ -138,7 +138,10 @@ impl<A: App> Kiln<A> {
                 });
             }
             if source.format() != Some(FileFormat::Toml) {
-                return Err(PatchError::NotToml(source.describe()).into());
+                return Err(PatchError::NotToml {
+                    origin: source.describe(),
+                }
+                .into());
             }
             if let Some((key, variable)) = overridden(&patch, current.env_overrides()) {
                 return Err(ReloadError::Overridden {
@@ -247,7 +250,7 @@ impl<A: App> Kiln<A> {
         .await?;
         let restart = current.config().restart_required(&loaded.config);
         if !restart.is_empty() {
-            return Err(ReloadError::RestartRequired(restart));
+            return Err(ReloadError::RestartRequired { keys: restart });
         }
         let level = loaded.config.log.level;
         let level_changed = level != current.config().log.level;

@@ -70,7 +70,7 @@ impl<C: AppConfig> Source<C> for FileSource {
             Ok(())
         } else {
             Err(ReloadError::Drifted {
-                file: self.path.clone(),
+                origin: <Self as Source<C>>::describe(self),
                 generation,
             })
         }
@@ -81,7 +81,7 @@ impl<C: AppConfig> Source<C> for FileSource {
         // could be overwritten: a file has no compare-and-swap.
         <Self as Source<C>>::check_unchanged(self, expected, generation)?;
         kiln_config::write_atomic(&self.path, text).map_err(|source| ReloadError::Persist {
-            file: self.path.clone(),
+            origin: <Self as Source<C>>::describe(self),
             source,
         })
     }
