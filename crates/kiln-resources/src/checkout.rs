@@ -41,7 +41,7 @@ macro_rules! bounded_get {
 
             async fn get_bounded(&self) -> Result<Self::Object, Self::Error> {
                 match self.timeouts().wait {
-                    Some(limit) => tokio::time::timeout(limit, self.get())
+                    Some(limit) => crate::within(limit, "a checkout", self.get())
                         .await
                         .unwrap_or(Err($pool::PoolError::Timeout($pool::TimeoutType::Wait))),
                     None => self.get().await,

@@ -13,8 +13,10 @@ mod health;
 mod pool;
 mod postgres;
 mod sqlite;
+mod timeout;
 
 pub use checkout::BoundedGet;
 pub use health::Health;
 pub use pool::{BoxError, ErrorChain, Pool, PoolStatus, Pools, ResourceError};
+pub use timeout::{TimedOut, within};
 pub use {deadpool_postgres, deadpool_sqlite};

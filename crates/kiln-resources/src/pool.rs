@@ -321,20 +321,11 @@ impl Pools {
                 let pool = Pool::build_monitored(name, config, base_dir, monitor.clone())?;
                 let count = config.warm_count();
                 tracing::info!(pool = %name, kind = %config.kind, connections = count, "Warming pool");
-                match tokio::time::timeout(timeout, pool.warm(name, count)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(ResourceError::new(
-                            name.clone(),
-                            format!(
-                                "{count} connections not open within {} (server.warm_timeout)",
-                                humantime::format_duration(timeout)
-                            ),
-                            None,
-                        ));
-                    }
-                }
+                crate::within(timeout, format!("{count} connections"), pool.warm(name, count))
+                    .await
+                    .map_err(|late| {
+                        ResourceError::new(name.clone(), format!("{late} (server.warm_timeout)"), None)
+                    })??;
                 tracing::info!(
                     pool = %name,
                     connections = count,

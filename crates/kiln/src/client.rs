@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use kiln_resources::within;
 
 /// Why the admin API could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +64,11 @@ pub async fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
-    tokio::time::timeout(timeout, exchange(method, base, path, token))
+    within(timeout, base, exchange(method, base, path, token))
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|late| {
             Err(ClientError::Timeout {
-                url: base.to_owned(),
+                url: late.what,
                 timeout,
             })
         })
@@ -100,17 +101,13 @@ async fn exchange(
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let stream = tokio::time::timeout(
+    let stream = within(
         CONNECT_TIMEOUT,
+        "a connection",
         tokio::net::TcpStream::connect((host, port)),
     )
     .await
-    .map_err(|_| {
-        unreachable(format!(
-            "no connection within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ))
-    })?
+    .map_err(|late| unreachable(late.to_string()))?
     .map_err(|e| unreachable(e.to_string()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -126,6 +126,15 @@ pub enum BuildError {
     },
 }
 
+impl From<kiln_resources::TimedOut> for BuildError {
+    fn from(late: kiln_resources::TimedOut) -> Self {
+        Self::Timeout {
+            what: late.what,
+            timeout: late.limit,
+        }
+    }
+}
+
 impl BuildError {
     /// The name of the resource at fault (`main`, `app`, `worker 1`).
     pub fn resource(&self) -> String {

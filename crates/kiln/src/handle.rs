@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use axum::Router;
 use kiln_config::Loaded;
-use kiln_resources::PoolStatus;
+use kiln_resources::{PoolStatus, within};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -361,12 +361,7 @@ impl<A: App> Kiln<A> {
             let fresh = fresh.to_vec();
             async move {
                 let build = kiln.build_on(id, runtime, generation, state, fresh);
-                let app = tokio::time::timeout(timeout, build).await.map_err(|_| {
-                    BuildError::Timeout {
-                        what: format!("worker {id}"),
-                        timeout,
-                    }
-                })??;
+                let app = within(timeout, format!("worker {id}"), build).await??;
                 Ok::<_, BuildError>((current, app))
             }
         });
@@ -615,13 +610,7 @@ async fn prepare<A: App>(
             .await
             .map_err(|source| BuildError::App { source })
     });
-    match tokio::time::timeout(timeout, prepared).await {
-        Ok(result) => result.map(Arc::new),
-        Err(_) => Err(BuildError::Timeout {
-            what: "app prepare".to_owned(),
-            timeout,
-        }),
-    }
+    Ok(Arc::new(within(timeout, "app prepare", prepared).await??))
 }
 
 /// A worker's build failure: a caught panic as it is, anything else as

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::catch_panic;
 use crate::{BoxError, BuildError};
-use kiln_resources::ResourceError;
+use kiln_resources::{ResourceError, within};
 
 /// An expensive thing built from its own config section and warmed before
 /// any request can reach it: an HTTP client that pre-connects, a compiled
@@ -182,21 +182,13 @@ impl Registry {
                         ))
                     })
                 });
-                let built = match tokio::time::timeout(timeout, building).await {
-                    Ok(built) => built?,
-                    Err(_) => {
-                        return Err(BuildError::Timeout {
-                            what: format!("resource {name}"),
-                            timeout,
-                        });
-                    }
-                };
+                let built = within(timeout, format!("resource {name}"), building).await??;
                 tracing::info!(
                     resource = %name,
                     took_ms = started.elapsed().as_millis() as u64,
                     "Resource warm"
                 );
-                Ok((name.clone(), built))
+                Ok::<_, BuildError>((name.clone(), built))
             }
         });
         Ok(try_join_all(builds).await?.into_iter().collect())

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_resources::{ErrorChain, Pools};
+use kiln_resources::{ErrorChain, Pools, within};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use tower::ServiceExt;
@@ -253,19 +253,12 @@ impl<S: PartialEq> Instance<S> {
             warm(&router, key, &sources.warm_requests).await?;
             Ok::<_, BoxError>(router)
         };
-        let router = match tokio::time::timeout(sources.warm_timeout, built).await {
+        let router = match within(sources.warm_timeout, format!("{} {key}", K::NAME), built).await {
             Ok(Ok(router)) => router,
             Ok(Err(e)) => {
                 return Err(format!("{} {key}: {}", K::NAME, ErrorChain(&*e)).into());
             }
-            Err(_) => {
-                return Err(format!(
-                    "{} {key}: not ready within {} (server.warm_timeout)",
-                    K::NAME,
-                    humantime::format_duration(sources.warm_timeout)
-                )
-                .into());
-            }
+            Err(late) => return Err(format!("{late} (server.warm_timeout)").into()),
         };
         let used = context.used.into_inner().expect("uses lock");
         let uses = used
