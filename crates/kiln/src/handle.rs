@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::error::{catch_panic, panicked};
 use crate::generation::build_generation;
 use crate::history::History;
-use crate::http::warm_requests;
+use crate::http::{ConnService, warm_requests};
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
 use crate::source::{FileSource, Source};
@@ -465,7 +465,8 @@ impl<A: App> Kiln<A> {
         }))
         .map_err(|panic| panicked("App::router".to_owned(), panic))?;
         let app = Arc::new(app);
-        warm_requests(app.clone(), &paths, width).await?;
+        let service = |conn: &_| ConnService::new(GenerationService::fixed(app.clone()), conn);
+        warm_requests(service, "localhost", &paths, width).await?;
         Ok(app)
     }
 }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
-use axum::http::{Request, Response, StatusCode, header};
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use futures_util::future::try_join_all;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::service::{Conn, GenerationBody, GenerationService, ResponseFuture, WorkerApp};
+use crate::service::{Conn, GenerationBody, GenerationService, ResponseFuture};
 
 /// How a worker serves its connections: the restart-only `[server]` keys.
 #[derive(Clone, Debug)]
@@ -349,24 +349,28 @@ pub(crate) async fn accept_loop<S: HttpService>(
     }
 }
 
-/// Serves `paths` through `app`'s full HTTP stack in-process, so that
-/// everything first use costs (routing tables, handler state, the HTTP
-/// codec's buffers, each pooled connection's first run of the app's own
-/// statements) is paid before a real client arrives. Each path is sent as a
-/// wave of `width` concurrent requests on as many in-process connections,
-/// so that the handlers hold `width` pool connections at once and every
-/// one of them runs the app's queries. Any answer other than 2xx or 3xx is
-/// an error.
-pub(crate) async fn warm_requests(
-    app: Arc<WorkerApp>,
+/// Serves `paths` with `Host: host` through the full HTTP stack in-process,
+/// to `service` (made for each in-process connection: a worker's
+/// [`ConnService`], a keyed instance's `Router`), so that everything first
+/// use costs (routing tables, handler state, the HTTP codec's buffers, each
+/// pooled connection's first run of the app's own statements) is paid
+/// before a real client arrives. Each path is sent as a wave of `width`
+/// concurrent requests on as many in-process connections, so that the
+/// handlers hold `width` pool connections at once and every one of them
+/// runs the app's queries. Any answer other than 2xx or 3xx is an error.
+pub(crate) async fn warm_requests<S: HttpService>(
+    service: impl Fn(&Arc<Conn>) -> S,
+    host: &str,
     paths: &[String],
     width: usize,
 ) -> Result<(), String> {
     if paths.is_empty() {
         return Ok(());
     }
+    // A key that is no header value (a custom `Keyed` key) is sent without.
+    let host = HeaderValue::from_str(host).ok();
     let mut clients =
-        try_join_all((0..width.max(1)).map(|_| InProcess::connect(app.clone()))).await?;
+        try_join_all((0..width.max(1)).map(|_| InProcess::connect(&service, host.clone()))).await?;
     for path in paths {
         try_join_all(clients.iter_mut().map(|client| client.get(path))).await?;
     }
@@ -376,17 +380,21 @@ pub(crate) async fn warm_requests(
     Ok(())
 }
 
-/// One in-process HTTP/1.1 connection to a worker's app over a pipe, served
-/// by the same builder and service as a real one. Its tasks (the client and
+/// One in-process HTTP/1.1 connection over a pipe, served by the same
+/// builder as a real one. Its tasks (the client and
 /// server halves) are aborted when it is dropped, so that a warm-up given up
 /// on (a reload's timeout) does not leave a request running.
 struct InProcess {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: Option<HeaderValue>,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl InProcess {
-    async fn connect(app: Arc<WorkerApp>) -> Result<Self, String> {
+    async fn connect<S: HttpService>(
+        service: impl Fn(&Arc<Conn>) -> S,
+        host: Option<HeaderValue>,
+    ) -> Result<Self, String> {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let builder = Arc::new(
             ConnOptions {
@@ -397,7 +405,7 @@ impl InProcess {
             .builder(),
         );
         let conn = Arc::new(Conn::new(Arc::default()));
-        let service = ConnService::new(GenerationService::fixed(app), &conn);
+        let service = service(&conn);
         // Never told to stop: it ends when the client hangs up.
         let (keep, never) = watch::channel(None);
         let mut tasks = tokio::task::JoinSet::new();
@@ -409,15 +417,21 @@ impl InProcess {
             .await
             .map_err(|e| format!("in-process connection failed: {e}"))?;
         tasks.spawn(async move { drop(connection.await) });
-        Ok(Self { sender, tasks })
+        Ok(Self {
+            sender,
+            host,
+            tasks,
+        })
     }
 
     async fn get(&mut self, path: &str) -> Result<(), String> {
         let failed = |e: &dyn std::fmt::Display| format!("warm request GET {path}: {e}");
-        let request = Request::get(path)
-            .header(header::HOST, "localhost")
+        let mut request = Request::get(path)
             .body(Empty::<Bytes>::new())
             .map_err(|e| failed(&e))?;
+        if let Some(host) = &self.host {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         let response = self
             .sender
             .send_request(request)

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hyper_util::service::TowerToHyperService;
 use kiln_resources::{ErrorChain, Pools, within};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -250,7 +250,9 @@ impl<S: PartialEq> Instance<S> {
         };
         let built = async {
             let router = app.build(key, &section, &context).await?;
-            warm(&router, key, &sources.warm_requests).await?;
+            // Through the HTTP stack, as a worker warms, with the key as `Host`.
+            let service = |_: &_| TowerToHyperService::new(router.clone());
+            crate::http::warm_requests(service, key, &sources.warm_requests, 1).await?;
             Ok::<_, BoxError>(router)
         };
         let router = match within(sources.warm_timeout, format!("{} {key}", K::NAME), built).await {
@@ -292,24 +294,6 @@ impl<S: PartialEq> Instance<S> {
                 .iter()
                 .all(|used| sources.section(used.table, &used.name) == used.section)
     }
-}
-
-/// Serves `paths` through a new instance's router in-process, with the key
-/// as its `Host`; any answer other than 2xx or 3xx is an error. (The
-/// worker's HTTP stack is warmed by the worker's own warm requests, over
-/// an in-memory connection: see `http::warm_requests`.)
-async fn warm(router: &Router, key: &str, paths: &[String]) -> Result<(), BoxError> {
-    for path in paths {
-        let mut request = Request::get(path.as_str()).body(Body::empty())?;
-        if let Ok(host) = HeaderValue::from_str(key) {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        let response = router.clone().oneshot(request).await?;
-        let status = response.status();
-        axum::body::to_bytes(response.into_body(), usize::MAX).await?;
-        crate::http::warm_answer(path, status)?;
-    }
-    Ok(())
 }
 
 // === impl Sources ===
