@@ -339,6 +339,8 @@ async fn authorize<A: App>(
 /// `W/"3"`; bare digits too, as kiln has always taken them). Anything else
 /// is a client's mistake, not a stale patch. The `pattern` of `If-Match` in
 /// [`patch`]'s document says the same (schemathesis checks that they agree).
+/// Not the `headers` crate's `IfMatch`: it takes quoted tags only and
+/// compares strongly, refusing the bare `3` and the `W/"3"` kiln takes.
 fn etag_list(value: &str) -> bool {
     let value = value.trim_matches(' ');
     value == "*"

@@ -14,6 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::http::uri::Authority;
 use axum::http::{HeaderMap, Uri, header};
 use kiln_config::AdminConfig;
 
@@ -72,19 +73,25 @@ pub(crate) fn refusal(
             Some(Err(_)) => return Some("Host is not readable text".to_owned()),
         },
     };
-    (!host_allowed(authority, admin, hosts)).then(|| {
+    // Without its port (an IPv6 literal keeps its brackets); a host that is
+    // no authority is taken whole, and is then a name kiln answers to only
+    // where any is.
+    let parsed = Authority::try_from(authority).ok();
+    let name = parsed.as_ref().map_or(authority, Authority::host);
+    (!host_allowed(name, admin, hosts)).then(|| {
         format!(
             "Host {authority} is not this admin listener's address, localhost, a loopback IP or in admin.allowed_hosts"
         )
     })
 }
 
-fn host_allowed(authority: &str, admin: &AdminConfig, hosts: Hosts) -> bool {
+/// Whether `name`, a host without its port (an IPv6 literal in brackets),
+/// is one the admin API answers to.
+fn host_allowed(name: &str, admin: &AdminConfig, hosts: Hosts) -> bool {
     let (own_ip, any_when_unset) = match hosts {
         Hosts::Listener(own) => (Some(own.ip()), !own.ip().is_loopback()),
         Hosts::Embedded => (None, true),
     };
-    let name = host_name(authority);
     let ip = name
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -97,16 +104,6 @@ fn host_allowed(authority: &str, admin: &AdminConfig, hosts: Hosts) -> bool {
             .allowed_hosts
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(name))
-}
-
-/// `authority` without its port; an IPv6 literal keeps its brackets.
-fn host_name(authority: &str) -> &str {
-    match authority.find(']') {
-        Some(end) if authority.starts_with('[') => &authority[..=end],
-        _ => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    }
 }
 
 #[cfg(test)]
