@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use kiln_config::{Config, Loaded};
 use kiln_resources::{Pool, Pools};
@@ -17,7 +18,14 @@ use crate::{AppConfig, BuildError, ConfigError, ReloadError, Resource, StartErro
 ///
 /// A request runs entirely on the generation it started on. Pools carried
 /// over from the previous generation are the same pools (same connections);
-/// a replaced pool closes when the last request holding its generation ends.
+/// a pool a reload replaced is retired (its connections closed one by one,
+/// then the pool) when its generation is dropped: when the last request,
+/// subscriber or task holding the generation lets go of it. A background
+/// task that may outlive its generation should therefore hold the
+/// generation (the `Arc` from [`Kiln::current`](crate::Kiln::current)),
+/// not a clone of one of its [`Pool`]s: a cloned pool keeps its memory but
+/// not its connections, and its checkouts fail once the generation is gone
+/// and a reload replaced it.
 pub struct Generation<C> {
     id: u64,
     loaded: Loaded<C>,
@@ -30,10 +38,19 @@ pub struct Generation<C> {
     /// when the last reference goes outside any runtime: a SQLite
     /// connection's drop spawns a blocking task, which panics there.
     runtime: Option<tokio::runtime::Handle>,
+    /// The pools of this generation that a reload replaced, retired when it
+    /// is dropped.
+    replaced: OnceLock<Vec<Pool>>,
 }
+
+/// How far apart a replaced pool's connections close.
+const RETIRE_GAP: Duration = Duration::from_millis(10);
 
 impl<C> Drop for Generation<C> {
     fn drop(&mut self) {
+        if let Some(pools) = self.replaced.take() {
+            retire(pools, self.runtime.as_ref());
+        }
         if tokio::runtime::Handle::try_current().is_err()
             && let Some(runtime) = &self.runtime
         {
@@ -60,6 +77,15 @@ impl<C> Generation<C> {
             built,
             loaded_at: SystemTime::now(),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            replaced: OnceLock::new(),
+        }
+    }
+
+    /// Retires `pools`, of this generation and replaced by a reload, when
+    /// this generation is dropped (once, however many reloads ask).
+    pub(crate) fn retire_when_dropped(&self, pools: Vec<Pool>) {
+        if !pools.is_empty() {
+            let _ = self.replaced.set(pools);
         }
     }
 
@@ -78,7 +104,9 @@ impl<C> Generation<C> {
         &self.loaded.config.app
     }
 
-    /// The pool named `name` in `[pools.NAME]`.
+    /// The pool named `name` in `[pools.NAME]`. A task that outlives the
+    /// request should hold the generation rather than a clone of the pool:
+    /// a replaced pool closes when its generation is dropped.
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.get(name)
     }
@@ -145,6 +173,22 @@ impl<C> Generation<C> {
     pub(crate) fn raw(&self) -> &Value {
         &self.loaded.raw
     }
+}
+
+/// Closes `pools` one connection every [`RETIRE_GAP`], so that the database
+/// is not asked to end them all at once while the new pools take their first
+/// requests; on the current runtime, else on `built_on` (entered, so that a
+/// SQLite pool dropped there can spawn its blocking task), else at once.
+fn retire(pools: Vec<Pool>, built_on: Option<&tokio::runtime::Handle>) {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let Some(runtime) = runtime.as_ref().or(built_on) else {
+        pools.iter().for_each(Pool::close);
+        return;
+    };
+    let _entered = runtime.enter();
+    runtime.spawn(futures_util::future::join_all(
+        pools.into_iter().map(|pool| pool.retire(RETIRE_GAP)),
+    ));
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for Generation<C> {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::generation::build_generation;
 use crate::history::HistoryEntry;
 use crate::source::Source;
-use crate::{App, AppConfig, Generation, Kiln, ReloadError};
+use crate::{App, Generation, Kiln, ReloadError};
 
 /// What asked for a reload; logged with its outcome and kept in history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -291,7 +291,7 @@ impl<A: App> Kiln<A> {
         if level_changed {
             crate::logging::set_level(level);
         }
-        retire(&current, replaced);
+        current.retire_when_dropped(replaced);
         *previous_text = Some(current.text().to_owned());
 
         Ok(ReloadOutcome {
@@ -324,26 +324,6 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
-/// How far apart a replaced pool's connections close.
-const RETIRE_GAP: Duration = Duration::from_millis(10);
-
-/// Closes `pools` (replaced by a reload) once no request of `old`, their
-/// generation, is in flight any more: one connection every [`RETIRE_GAP`],
-/// so that the database is not asked to end them all at once while the new
-/// pool takes its first requests.
-fn retire<C: AppConfig>(old: &Arc<Generation<C>>, pools: Vec<Pool>) {
-    if pools.is_empty() {
-        return;
-    }
-    let old = Arc::downgrade(old);
-    tokio::spawn(async move {
-        while old.strong_count() > 0 {
-            tokio::time::sleep(RETIRE_GAP).await;
-        }
-        futures_util::future::join_all(pools.into_iter().map(|pool| pool.retire(RETIRE_GAP))).await;
-    });
 }
 
 /// The first of `overrides` (key path → environment variable) that a merge
