@@ -26,6 +26,28 @@ use crate::{AppConfig, BuildError, ConfigError, ReloadError, Resource, StartErro
 /// not a clone of one of its [`Pool`]s: a cloned pool keeps its memory but
 /// not its connections, and its checkouts fail once the generation is gone
 /// and a reload replaced it.
+///
+/// # Examples
+///
+/// ```
+/// use kiln::Generation;
+///
+/// #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+/// struct Hello {
+///     greeting: String,
+/// }
+/// impl kiln::AppConfig for Hello {}
+///
+/// /// What an `App::router` (or a handler holding the generation) reads.
+/// fn describe(generation: &Generation<Hello>) -> String {
+///     let connections = generation.pool("main").map_or(0, |pool| pool.status().size);
+///     format!(
+///         "generation {} greets {:?} with {connections} connections open",
+///         generation.id(),
+///         generation.app().greeting,
+///     )
+/// }
+/// ```
 pub struct Generation<C> {
     id: u64,
     loaded: Loaded<C>,

@@ -26,6 +26,57 @@ use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 
 /// A handle to kiln: the current generation, published through an
 /// `ArcSwap`, and the workers that serve it. Cloning is cheap.
+///
+/// # Examples
+///
+/// The embedded lifecycle: start (everything warm when it returns), attach
+/// a worker, follow reloads, shut down, drop.
+///
+/// ```no_run
+/// # use axum::Router;
+/// # use kiln::{App, Generation};
+/// # #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+/// # struct Hello { greeting: String }
+/// # impl kiln::AppConfig for Hello {}
+/// # struct HelloApp;
+/// # impl App for HelloApp {
+/// #     type Config = Hello;
+/// #     type State = ();
+/// #     async fn prepare(&self, _: &Generation<Hello>, _: Option<&()>) -> Result<(), kiln::BoxError> { Ok(()) }
+/// #     fn router(&self, _: &Generation<Hello>, _: &()) -> Router { Router::new() }
+/// # }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
+/// let kiln = kiln::Kiln::start(HelloApp, loaded).await?;
+/// // Attaches one worker on this runtime; clone the router, do not call again.
+/// let app = Router::new().nest("/api", kiln.router().await?);
+///
+/// let mut generations = kiln.subscribe();
+/// tokio::spawn(async move {
+///     while generations.changed().await.is_ok() {
+///         // Clone the Arc out and let the borrow go before any .await.
+///         let generation = generations.borrow_and_update().clone();
+///         println!("now serving generation {}", generation.id());
+///     }
+/// });
+/// tokio::spawn(kiln.clone().watch()); // reload when the file changes
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// let stopping = kiln.clone();
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(async move {
+///         let _ = tokio::signal::ctrl_c().await;
+///         // /readyz answers 503, reloads are refused, the watch ends.
+///         stopping.shutdown(Duration::from_secs(10)).await;
+///     })
+///     .await?;
+/// // The router (its worker) and the handles are dropped here; the pools
+/// // were closed by shutdown.
+/// # Ok(())
+/// # }
+/// ```
 pub struct Kiln<A: App> {
     pub(crate) shared: Arc<Shared<A>>,
 }
@@ -514,6 +565,39 @@ impl std::fmt::Debug for Worker {
 
 /// Sets kiln up before it starts: the resources to build from
 /// `[resources.NAME]` sections.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use axum::Router;
+/// # use kiln::{App, Generation};
+/// # #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+/// # struct Hello { greeting: String }
+/// # impl kiln::AppConfig for Hello {}
+/// # struct HelloApp;
+/// # impl App for HelloApp {
+/// #     type Config = Hello;
+/// #     type State = ();
+/// #     async fn prepare(&self, _: &Generation<Hello>, _: Option<&()>) -> Result<(), kiln::BoxError> { Ok(()) }
+/// #     fn router(&self, _: &Generation<Hello>, _: &()) -> Router { Router::new() }
+/// # }
+/// # struct Templates;
+/// # impl kiln::Resource for Templates {
+/// #     type Config = serde_json::Value;
+/// #     async fn build(_: &str, _: serde_json::Value) -> Result<Self, kiln::BoxError> { Ok(Templates) }
+/// # }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let loaded = kiln::load_config::<Hello>("deploy.toml".as_ref())?;
+/// // Built from [resources.templates] and warmed before start returns;
+/// // handlers read it with generation.resource::<Templates>("templates").
+/// let kiln = kiln::Kiln::builder(HelloApp)
+///     .resource::<Templates>("templates")
+///     .start(loaded)
+///     .await?;
+/// # drop(kiln);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Builder<A: App> {
     app: A,
     registry: Registry,

@@ -119,6 +119,22 @@ pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;
 pub use crate::server::serve;
 pub use crate::service::{GENERATION_HEADER, GenerationBody, GenerationService, ResponseFuture};
+/// kiln's configuration crate, whole: the `[server]`, `[pools.NAME]`, …
+/// section types an app reads from [`Generation::config`], the secret
+/// types (`Secret`, `ConnString`) and `ByteSize` an `[app]` section may
+/// use, merge patches and diffs. Re-exported deliberately, so that an app
+/// names these types through kiln and cannot pick a mismatched version;
+/// they follow kiln's own version.
+pub use kiln_config as config;
 pub use kiln_config::load as load_config;
-pub use kiln_config::{self as config, AppConfig, Config, ConfigError, Invalid, Loaded};
-pub use kiln_resources::{self as resources, ErrorChain, Health, Pool, PoolStatus};
+pub use kiln_config::{AppConfig, Config, ConfigError, Invalid, Loaded};
+/// kiln's resources crate, whole: the pools, [`within`](resources::within),
+/// [`BoundedGet`](resources::BoundedGet), and the exact `deadpool_postgres`
+/// and `deadpool_sqlite` (0.x crates) kiln builds its pools with. Name a
+/// pool's types through `kiln::resources::deadpool_postgres` rather than a
+/// dependency of your own: a second version of deadpool would be a second,
+/// incompatible `Pool` type. Re-exported deliberately; the price is that a
+/// deadpool upgrade that changes its API is a breaking kiln release, listed
+/// as `breaking:` in the changelog.
+pub use kiln_resources as resources;
+pub use kiln_resources::{ErrorChain, Health, Pool, PoolStatus};
