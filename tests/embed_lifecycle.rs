@@ -197,3 +197,37 @@ async fn a_reload_whose_warm_up_times_out_drops_its_warm_requests() {
     .await;
     assert_eq!(kiln.current().id(), 1);
 }
+
+/// What the README's lifecycle says of subscribers and shutdown: a
+/// subscriber keeps waiting after `shutdown` (a reload is refused, nothing
+/// is published), an attached router still answers, and `changed()` ends
+/// once the last handle is dropped.
+#[tokio::test]
+async fn a_subscriber_ends_when_the_last_handle_is_dropped_not_at_shutdown() {
+    let site = Site::new(&config("hello"));
+    let kiln = start(&site).await;
+    let router = kiln.router().await.expect("a worker attaches");
+    let mut generations = kiln.subscribe();
+    generations.borrow_and_update();
+
+    kiln.shutdown(Duration::from_secs(5)).await;
+    site.write_config(&config("after shutdown"));
+    assert!(
+        matches!(kiln.reload(Trigger::Api).await, Err(ReloadError::Draining)),
+        "a reload after shutdown is refused"
+    );
+    assert_eq!(
+        generations.has_changed().ok(),
+        Some(false),
+        "the subscriber is still waiting after shutdown, told of nothing"
+    );
+    let reply = get_in_process(&router, None, "/").await;
+    assert_eq!(reply.status, 200, "the attached router still answers");
+
+    drop(kiln);
+    let ended = tokio::time::timeout(EMBED_TIMEOUT, generations.changed()).await;
+    assert!(
+        matches!(ended, Ok(Err(_))),
+        "changed() ends once the last handle is dropped: {ended:?}"
+    );
+}

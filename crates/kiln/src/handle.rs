@@ -64,16 +64,14 @@ use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 /// tokio::spawn(kiln.clone().watch()); // reload when the file changes
 ///
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// let stopping = kiln.clone();
 /// axum::serve(listener, app)
-///     .with_graceful_shutdown(async move {
+///     .with_graceful_shutdown(async {
 ///         let _ = tokio::signal::ctrl_c().await;
-///         // /readyz answers 503, reloads are refused, the watch ends.
-///         stopping.shutdown(Duration::from_secs(10)).await;
 ///     })
-///     .await?;
-/// // The router (its worker) and the handles are dropped here; the pools
-/// // were closed by shutdown.
+///     .await?; // returns once the requests in flight are done
+/// // /readyz answers 503, reloads are refused, the watch ends, pools close.
+/// kiln.shutdown(Duration::from_secs(10)).await;
+/// drop(kiln); // the router and its worker went with `axum::serve`
 /// # Ok(())
 /// # }
 /// ```
@@ -235,7 +233,8 @@ impl<A: App> Kiln<A> {
     /// Clone the `Arc` out of `borrow()` (or use `borrow_and_update().clone()`)
     /// and drop the borrow at once: a borrow held across an `.await` blocks
     /// every reload from publishing, and on a current-thread runtime it
-    /// deadlocks.
+    /// deadlocks. `changed()` keeps waiting after [`shutdown`](Self::shutdown)
+    /// and fails once every handle (an admin router holds one) is dropped.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Generation<A::Config>>> {
         self.shared.changes.subscribe()
     }
