@@ -28,6 +28,7 @@
 
 mod diff;
 mod error;
+mod fleet;
 mod load;
 mod patch;
 mod persist;
@@ -38,9 +39,10 @@ mod size;
 pub use config::FileFormat;
 pub use diff::diff;
 pub use error::{ConfigError, ErrorKind, Invalid};
-pub use load::{Loaded, format_of, load, parse};
+pub use fleet::FleetConfig;
+pub use load::{Loaded, Overlay, format_of, load, parse, parse_overlaid};
 pub use patch::{PatchError, merge_patch_toml};
-pub use persist::write_atomic;
+pub use persist::{write_atomic, write_private};
 pub use schema::{
     AdminConfig, AppConfig, Config, LogConfig, LogFormat, LogLevel, MIN_HEADER_BYTES, PoolConfig,
     PoolKind, RESTART_KEYS, ReloadConfig, ServerConfig,

@@ -64,7 +64,74 @@ pub fn load<A: AppConfig>(path: &Path) -> Result<Loaded<A>, ConfigError> {
 ///
 /// A [`ConfigError`] naming the file, the key path and what was expected.
 pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, ConfigError> {
-    let format = format_of(path).ok_or_else(|| {
+    parse_layers(path, path, text, None)
+}
+
+/// A document laid over the configuration file: a fleet's shared document
+/// (TOML), named as errors name it (`fleet "web" version 7`).
+#[derive(Clone, Copy, Debug)]
+pub struct Overlay<'a> {
+    /// What errors in it name instead of a file.
+    pub name: &'a str,
+    /// The document (TOML).
+    pub text: &'a str,
+}
+
+/// The sections an [`Overlay`] may not set: they are each instance's own.
+const LOCAL_SECTIONS: &[(&str, &str)] = &[
+    (
+        "fleet",
+        "no [fleet]: it says where each instance finds the fleet, so it stays in the instance's own file",
+    ),
+    (
+        "admin",
+        "no [admin]: the admin listener and its token are each instance's own (its file and environment)",
+    ),
+];
+
+/// Like [`parse`], with `overlay` laid over the file's text `local` before
+/// the environment: file < overlay < environment. The [`Loaded::text`] is
+/// the overlay's (what a patch edits); errors in it name the overlay. An
+/// overlay that sets `[fleet]` or `[admin]` is refused, naming the section.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the file or the overlay, the key path and what
+/// was expected.
+pub fn parse_overlaid<A: AppConfig>(
+    path: &Path,
+    local: &str,
+    overlay: Overlay<'_>,
+) -> Result<Loaded<A>, ConfigError> {
+    let named = Path::new(overlay.name);
+    let document: toml_edit::DocumentMut =
+        overlay.text.parse().map_err(|e: toml_edit::TomlError| {
+            ConfigError::new(named, ErrorKind::Syntax(e.to_string()))
+        })?;
+    for (section, expected) in LOCAL_SECTIONS {
+        if document.contains_key(section) {
+            return Err(ConfigError::new(
+                named,
+                crate::Invalid::new(*section, *expected, format!("[{section}]")),
+            ));
+        }
+    }
+    // The overlay is valid TOML: an error below comes from the layers
+    // together, and the overlay is what changed.
+    let mut loaded = parse_layers(path, named, local.to_owned(), Some(overlay.text))?;
+    loaded.source = path.to_path_buf();
+    Ok(loaded)
+}
+
+/// `text` (in the format `file`'s name says), then `overlay` (TOML), then
+/// the environment; errors name `path`.
+fn parse_layers<A: AppConfig>(
+    file: &Path,
+    path: &Path,
+    text: String,
+    overlay: Option<&str>,
+) -> Result<Loaded<A>, ConfigError> {
+    let format = format_of(file).ok_or_else(|| {
         ConfigError::new(
             path,
             ErrorKind::Syntax(
@@ -77,11 +144,11 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
     };
     let variables = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
     let env_overrides = env_overrides(&environment(), variables.collect()).map_err(syntax)?;
-    let merged = config::Config::builder()
-        .add_source(File::from_str(&text, format))
-        .add_source(environment())
-        .build()
-        .map_err(syntax)?;
+    let mut builder = config::Config::builder().add_source(File::from_str(&text, format));
+    if let Some(overlay) = overlay {
+        builder = builder.add_source(File::from_str(overlay, FileFormat::Toml));
+    }
+    let merged = builder.add_source(environment()).build().map_err(syntax)?;
 
     let raw: Value = merged
         .clone()
@@ -104,7 +171,7 @@ pub fn parse<A: AppConfig>(path: &Path, text: String) -> Result<Loaded<A>, Confi
         config,
         raw,
         source: path.to_path_buf(),
-        text,
+        text: overlay.map_or(text, str::to_owned),
         env_overrides,
     })
 }
@@ -212,6 +279,77 @@ mod tests {
     }
 
     const POOL: &str = "[pools.main]\nkind = \"sqlite\"\nurl = \"a.sqlite3\"\n";
+
+    fn overlaid(local: &str, overlay: &str) -> Result<Loaded<App>, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deploy.toml");
+        let overlay = Overlay {
+            name: "fleet \"web\" version 3",
+            text: overlay,
+        };
+        parse_overlaid(&path, local, overlay)
+    }
+
+    #[test]
+    fn an_overlay_lies_between_the_file_and_the_environment() {
+        let loaded = overlaid(
+            &format!("{POOL}max_size = 4\n[app]\ngreeting = \"local\"\n"),
+            "[app]\ngreeting = \"fleet\"\n[pools.main]\nwarm = 2\n",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.app.greeting, "fleet");
+        assert_eq!(loaded.config.pools["main"].max_size, 4, "the file's");
+        assert_eq!(loaded.config.pools["main"].warm_count(), 2, "the overlay's");
+        assert_eq!(
+            loaded.text, "[app]\ngreeting = \"fleet\"\n[pools.main]\nwarm = 2\n",
+            "the text is the overlay's: what a patch edits"
+        );
+        assert!(loaded.source.ends_with("deploy.toml"));
+    }
+
+    #[test]
+    fn an_overlay_may_not_set_fleet_or_admin_and_its_errors_name_it() {
+        for section in ["fleet", "admin"] {
+            let err = overlaid(POOL, &format!("[{section}]\nname = \"x\"\n")).unwrap_err();
+            assert_eq!(err.key(), Some(section), "{err}");
+            let text = err.to_string();
+            assert!(text.starts_with("fleet \"web\" version 3: "), "{text}");
+            assert!(text.contains(&format!("no [{section}]")), "{text}");
+        }
+        let err = overlaid(POOL, "[pools.main]\nwarm = 99\n").unwrap_err();
+        assert_eq!(err.key(), Some("pools.main.warm"), "{err}");
+        assert!(err.to_string().starts_with("fleet \"web\""), "{err}");
+        let err = overlaid(POOL, "[pools.main\n").unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Syntax(_)), "{err}");
+    }
+
+    #[test]
+    fn fleet_defaults_and_checks() {
+        let loaded = load_text("[fleet]\nstore = \"postgres://k:pw@db/x\"\n").unwrap();
+        let fleet = loaded.config.fleet.as_ref().unwrap();
+        assert_eq!(fleet.name, "default");
+        assert_eq!(fleet.instance, None);
+        assert_eq!(fleet.heartbeat.as_secs(), 5);
+        assert_eq!(fleet.poll.as_secs(), 30);
+        assert_eq!(fleet.ack_timeout.as_secs(), 10);
+        assert!(fleet.listen);
+        let json = serde_json::to_string(&loaded.config).unwrap();
+        assert!(json.contains("postgres://k:***@db/x"), "{json}");
+        assert!(!json.contains("pw"), "{json}");
+        for (text, key) in [
+            ("name = \"a b\"", "fleet.name"),
+            ("instance = \"\"", "fleet.instance"),
+            ("poll = \"0s\"", "fleet.poll"),
+        ] {
+            let err =
+                load_text(&format!("[fleet]\nstore = \"postgres://db\"\n{text}\n")).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{text}: {err}");
+        }
+        let err = load_text("[fleet]\nstore = \" \"\n").unwrap_err();
+        assert_eq!(err.key(), Some("fleet.store"), "{err}");
+        let err = load_text("[fleet]\nname = \"web\"\n").unwrap_err();
+        assert!(err.to_string().contains("store"), "{err}");
+    }
 
     #[test]
     fn defaults_fill_absent_sections() {

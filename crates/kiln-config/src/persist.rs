@@ -22,25 +22,50 @@ use std::path::Path;
 /// may not survive a crash); the error says so.
 pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     let target = fs::canonicalize(path)?;
+    let old = fs::metadata(&target)?;
+    replace(&target, text, Some(&old))
+}
+
+/// Like [`write_atomic`], for a file kiln owns alone (a cache that may hold
+/// secrets): created when missing, always with mode 0600 and the process's
+/// owner.
+///
+/// # Errors
+///
+/// Any I/O error, as [`write_atomic`].
+pub fn write_private(path: &Path, text: &str) -> io::Result<()> {
+    let folder = path.parent().filter(|f| !f.as_os_str().is_empty());
+    let folder = fs::canonicalize(folder.unwrap_or(Path::new(".")))?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "a file path has a file name")
+    })?;
+    replace(&folder.join(name), text, None)
+}
+
+/// Writes `text` to a temporary file beside `target` (given `old`'s mode,
+/// owner and group when it replaces a file), then renames it over `target`
+/// and syncs the folder.
+fn replace(target: &Path, text: &str, old: Option<&fs::Metadata>) -> io::Result<()> {
     let folder = target.parent().unwrap_or(Path::new("."));
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let old = fs::metadata(&target)?;
     let mut temporary = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".kiln.tmp")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(folder)?;
     let file = temporary.as_file();
-    keep_owner(file, &old)?;
-    // After the owner: a chown by a non-root process may clear mode bits.
-    file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    if let Some(old) = old {
+        keep_owner(file, old)?;
+        // After the owner: a chown by a non-root process may clear mode bits.
+        file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    }
     temporary.write_all(text.as_bytes())?;
     temporary.as_file().sync_all()?;
     // On failure the temporary file is removed when the error drops it.
-    temporary.persist(&target).map_err(|e| e.error)?;
+    temporary.persist(target).map_err(|e| e.error)?;
     File::open(folder)?.sync_all().map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -71,6 +96,24 @@ fn keep_owner(file: &File, old: &fs::Metadata) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_file_is_created_and_replaced_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.fleet-cache.json");
+        write_private(&path, "one").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "one");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "two").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+    }
 
     #[test]
     fn a_link_planted_at_a_temporary_name_is_not_followed() {

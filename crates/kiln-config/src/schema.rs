@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, ConnString, Invalid, Secret};
+use crate::{ByteSize, ConnString, FleetConfig, Invalid, Secret};
 
 /// The application's own configuration section, `[app]`.
 ///
@@ -52,6 +52,10 @@ pub struct Config<A> {
     /// `[app]`: the application's own section.
     #[serde(default)]
     pub app: A,
+    /// `[fleet]`: follow a fleet's shared document from a store. Absent:
+    /// the file alone is the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The one table of restart-only keys: a reload that changes one of them
@@ -69,6 +73,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "admin.listen",
     // The log's format is fixed when its subscriber is installed.
     "log.format",
+    // The store, its connections and the instance's name are opened once.
+    "fleet",
 ];
 
 impl<A: AppConfig> Config<A> {
@@ -110,6 +116,9 @@ impl<A: AppConfig> Config<A> {
             ));
         }
         self.admin.validate()?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate().map_err(|e| e.under("fleet"))?;
+        }
         if self.reload.history == 0 {
             return Err(Invalid::new("reload.history", "an integer ≥ 1", 0));
         }
@@ -533,6 +542,7 @@ mod tests {
                 reload: ReloadConfig::default(),
                 log: LogConfig::default(),
                 app: A::default(),
+                fleet: Some(FleetConfig::new("postgres://store/fleet")),
             }
         }
     }
