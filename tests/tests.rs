@@ -19,6 +19,7 @@ mod embed_panics;
 mod embed_reload;
 mod embed_resource;
 mod examples;
+mod fleet;
 mod limits;
 mod notes_api;
 mod protocol;

@@ -16,8 +16,8 @@ mod guard;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -81,6 +81,7 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
         .add(__path_status, status::<A>)
         .add(__path_config, config::<A>)
         .add(__path_patch, patch::<A>)
+        .add(__path_fleet, fleet::<A>)
         .add(__path_openapi, openapi::<A>);
     router
         .fallback(not_found::<A>)
@@ -148,7 +149,7 @@ fn method_filter(method: &HttpMethod) -> MethodFilter {
         title = "kiln admin API",
         description = "Reload, patch, roll back and inspect a running kiln. Every error is JSON: `{\"error\", \"generation\", ...}`."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, crate::fleet::FleetView))
 )]
 struct AdminApi;
 
@@ -413,23 +414,27 @@ async fn rollback<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
     patch,
     path = "/config",
     request_body(content = Object, content_type = "application/json", description = "A JSON merge patch (RFC 7396) of the configuration."),
-    params(("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^ *(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*) *$"#, description = "The `ETag` of `GET /admin/config`: refuse the patch if the configuration changed since.")),
+    params(
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^ *(\*|(W/)?("[0-9]+"|[0-9]+)( *, *(W/)?("[0-9]+"|[0-9]+))*) *$"#, description = "The `ETag` of `GET /admin/config`: refuse the patch if the configuration changed since."),
+        ("wait" = Option<String>, Query, nullable = false, pattern = "^all$", description = "In fleet mode, `all`: answer once every live instance has applied or rejected the new version (or after `fleet.ack_timeout`), with each one's state in `instances`."),
+    ),
     responses(
-        (status = 200, description = "Applied and written to the file.", body = Object),
-        (status = 400, description = "Malformed JSON, or an `If-Match` that is not an ETag list.", body = ErrorBody),
+        (status = 200, description = "Applied and written to the file; in fleet mode, published (`fleet_version`) and applied by this instance.", body = Object),
+        (status = 400, description = "Malformed JSON, an `If-Match` that is not an ETag list, or a `wait` other than `all`.", body = ErrorBody),
         (status = 409, description = "Keys that need a restart changed (`keys`), a key the environment overrides (`key`, `variable`), the file was edited since it was loaded, or `log.level` where kiln does not manage the log subscriber.", body = ErrorBody),
-        (status = 412, description = "`If-Match` names an older generation.", body = ErrorBody),
+        (status = 412, description = "`If-Match` names an older generation (fleet version), or another change was published first.", body = ErrorBody),
         (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
         (status = 422, description = "The body is not a JSON object, the patched configuration is invalid (`key`), or the patch cannot be applied.", body = ErrorBody),
         (status = 500, description = "The file could not be written; nothing was applied.", body = ErrorBody),
-        (status = 503, description = "A resource could not be built or warmed (`resource`), or the server is draining.", body = ErrorBody),
+        (status = 503, description = "A resource could not be built or warmed (`resource`), the server is draining, or the fleet store is unreachable.", body = ErrorBody),
     )
 )]
 async fn patch<A: App>(
     State(kiln): State<Kiln<A>>,
     peer: Peer,
     headers: HeaderMap,
+    query: Result<Query<PatchQuery>, QueryRejection>,
     // An object, so that any other JSON is refused (422) before `If-Match`
     // is compared: a malformed request is not a stale one.
     body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
@@ -460,9 +465,85 @@ async fn patch<A: App>(
             .into_response();
         }
     };
+    let wait_all = match query {
+        Ok(Query(query)) => query.wait.is_some(),
+        Err(rejection) => {
+            return Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("{}: the only query is wait=all", rejection.body_text()),
+                kiln.current().id(),
+            )
+            .into_response();
+        }
+    };
     let patch = serde_json::Value::Object(patch);
-    let result = crate::history::with_peer(peer_addr(peer), kiln.patch(&patch, if_match));
-    answer(&kiln, result.await)
+    let result = crate::history::with_peer(peer_addr(peer), kiln.patch(&patch, if_match)).await;
+    match (result, &kiln.shared.fleet) {
+        (Ok(outcome), Some(fleet)) => fleet_patched(&kiln, fleet, outcome, wait_all).await,
+        (result, _) => answer(&kiln, result),
+    }
+}
+
+/// `?wait=all` on `PATCH /admin/config`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchQuery {
+    wait: Option<WaitFor>,
+}
+
+/// Whom a fleet patch waits for besides this instance.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WaitFor {
+    /// Every live instance.
+    All,
+}
+
+/// The answer to a fleet patch this instance applied: it reports its ACK,
+/// then (with `wait_all`) waits for every live instance's.
+async fn fleet_patched<A: App>(
+    kiln: &Kiln<A>,
+    fleet: &crate::fleet::Fleet,
+    outcome: ReloadOutcome,
+    wait_all: bool,
+) -> Response {
+    let version = kiln.etag();
+    let report = crate::fleet::Report::applied(version, outcome.generation);
+    if let Err(e) = fleet.acknowledge(&report, kiln.current().text()).await {
+        tracing::warn!(error = %e, version, "Could not report the applied fleet version; the next look tries again");
+    }
+    let mut body = serde_json::to_value(&outcome).expect("an outcome serializes");
+    body["fleet_version"] = version.into();
+    if wait_all {
+        match fleet.wait_all(version).await {
+            Ok(instances) => {
+                body["instances"] = serde_json::to_value(instances).expect("rows serialize")
+            }
+            Err(e) => body["instances_error"] = e.to_string().into(),
+        }
+    }
+    Json(body).into_response()
+}
+
+/// `GET /admin/fleet`: the desired version and each instance's state.
+#[utoipa::path(
+    get,
+    path = "/fleet",
+    responses(
+        (status = 200, description = "The fleet: the store's connection, the desired version, and one row per instance (`null` while the store is unreachable).", body = crate::fleet::FleetView),
+        (status = 404, description = "This instance is not in a fleet (no `[fleet]` section).", body = ErrorBody),
+    )
+)]
+async fn fleet<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    match &kiln.shared.fleet {
+        Some(fleet) => Json(fleet.view().await).into_response(),
+        None => Refusal::new(
+            StatusCode::NOT_FOUND,
+            "this instance is not in a fleet: its file has no [fleet] section",
+            kiln.current().id(),
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /admin/history`: the last reload attempts, newest first.
@@ -489,15 +570,14 @@ async fn status<A: App>(State(kiln): State<Kiln<A>>) -> Response {
 #[utoipa::path(
     get,
     path = "/config",
-    responses((status = 200, description = "The effective configuration, secrets as `***`.", body = Object, headers(("ETag" = String, description = "The generation, for `If-Match`."))))
+    responses((status = 200, description = "The effective configuration, secrets as `***`.", body = Object, headers(("ETag" = String, description = "The generation (in fleet mode, the fleet version), for `If-Match`."))))
 )]
 async fn config<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     let generation = kiln.current();
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&format!("\"{}\"", generation.id()))
-            .expect("digits are a valid header"),
+        HeaderValue::from_str(&format!("\"{}\"", kiln.etag())).expect("digits are a valid header"),
     );
     (headers, Json(generation.config())).into_response()
 }

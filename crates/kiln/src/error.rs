@@ -39,6 +39,9 @@ pub enum StartError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The fleet's document could not be had (`[fleet]`).
+    #[error(transparent)]
+    Fleet(#[from] crate::FleetError),
     /// SIGTERM or SIGINT arrived before kiln was ready.
     #[error("{signal} while {phase}: stopped before serving")]
     Interrupted {
@@ -210,6 +213,10 @@ pub enum ReloadError {
     /// The merge patch cannot be applied to the source file.
     #[error(transparent)]
     Patch(#[from] PatchError),
+    /// The fleet store is unreachable, or the fleet moved on since the
+    /// version the change started from.
+    #[error(transparent)]
+    Fleet(#[from] crate::FleetError),
     /// There is no earlier configuration to roll back to.
     #[error("nothing to roll back to: no reload has replaced the first configuration yet")]
     NoPrevious,
@@ -232,8 +239,9 @@ impl ReloadError {
     /// server (keys that need a restart, a key the environment overrides, a
     /// log level kiln does not manage, a file edited since it was loaded,
     /// nothing to roll back to), 412 for a
-    /// stale `If-Match`, 503 when a generation could not be built or the
-    /// server is draining, 500 when the file could not be written.
+    /// stale `If-Match` (or fleet version), 503 when a generation could not
+    /// be built, the server is draining or the fleet store is unreachable,
+    /// 500 when the file could not be written.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::Patch(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -242,7 +250,10 @@ impl ReloadError {
             | Self::LogNotManaged
             | Self::Drifted { .. }
             | Self::NoPrevious => StatusCode::CONFLICT,
-            Self::Stale { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Stale { .. } | Self::Fleet(crate::FleetError::Stale { .. }) => {
+                StatusCode::PRECONDITION_FAILED
+            }
+            Self::Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Build(_) | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }

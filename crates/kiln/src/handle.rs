@@ -20,7 +20,7 @@ use crate::history::History;
 use crate::http::{ConnService, warm_requests};
 use crate::resource::Registry;
 use crate::service::{GenerationService, Readiness, WorkerApp};
-use crate::source::{FileSource, Source};
+use crate::source::Source;
 use crate::systemd::Notifier;
 use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
 
@@ -85,6 +85,8 @@ pub(crate) struct Shared<A: App> {
     base_dir: PathBuf,
     /// Where the configuration is read from, written to and watched.
     pub(crate) source: Arc<dyn Source<A::Config>>,
+    /// The fleet followed, with a `[fleet]` section.
+    pub(crate) fleet: Option<Arc<crate::fleet::Fleet>>,
     current: ArcSwap<Generation<A::Config>>,
     /// The same generation as `current`, for those who wait for the next one.
     changes: watch::Sender<Arc<Generation<A::Config>>>,
@@ -192,6 +194,10 @@ pub struct Status {
     pub uptime: Duration,
     /// Whether the server is shutting down.
     pub draining: bool,
+    /// The fleet store's connection, in fleet mode: `connected`, or
+    /// `disconnected since <time>: <error>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_store: Option<String>,
 }
 
 /// One worker's line in [`Status`].
@@ -384,7 +390,21 @@ impl<A: App> Kiln<A> {
             pools: current.pools().status(),
             uptime: self.shared.started.elapsed(),
             draining: self.shared.readiness.is_draining(),
+            fleet_store: self.shared.fleet.as_ref().map(|fleet| {
+                let health = fleet.health();
+                match health.error {
+                    None => health.state.to_owned(),
+                    Some(error) => format!("{} since {}: {error}", health.state, health.since),
+                }
+            }),
         }
+    }
+
+    /// The current configuration's `ETag`: its generation, or in fleet mode
+    /// its fleet version.
+    pub(crate) fn etag(&self) -> u64 {
+        let current = self.current();
+        self.shared.source.etag(current.text(), current.id())
     }
 
     pub(crate) fn base_dir(&self) -> &Path {
@@ -649,7 +669,7 @@ impl<A: App> Builder<A> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let source = Arc::new(FileSource::new(loaded.source.clone()));
+        let (source, fleet, loaded) = crate::source::open(loaded).await?;
         let generation = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
         let state = prepare(&self.app, &generation, None).await?;
         let generation = Arc::new(generation);
@@ -659,6 +679,7 @@ impl<A: App> Builder<A> {
                 registry: self.registry,
                 base_dir,
                 source,
+                fleet,
                 current: ArcSwap::new(generation.clone()),
                 changes: watch::Sender::new(generation),
                 state: Mutex::new(state),

@@ -94,6 +94,7 @@ mod admin;
 mod app;
 pub mod client;
 mod error;
+mod fleet;
 mod generation;
 mod handle;
 mod history;
@@ -111,6 +112,7 @@ mod watch;
 
 pub use crate::app::{App, BoxError};
 pub use crate::error::{BuildError, Refusal, ReloadError, ServeError, StartError};
+pub use crate::fleet::FleetError;
 pub use crate::generation::Generation;
 pub use crate::handle::{Builder, Kiln, Status, Worker, WorkerStatus};
 pub use crate::history::HistoryEntry;

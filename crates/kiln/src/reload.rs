@@ -34,6 +34,8 @@ pub enum Trigger {
     Watch,
     /// [`Kiln::reload`] called by the embedding application.
     Api,
+    /// A new version of the fleet's document.
+    Fleet,
 }
 
 impl fmt::Display for Trigger {
@@ -45,6 +47,7 @@ impl fmt::Display for Trigger {
             Self::Signal => "signal",
             Self::Watch => "watch",
             Self::Api => "api",
+            Self::Fleet => "fleet",
         })
     }
 }
@@ -69,17 +72,20 @@ pub struct ReloadOutcome {
 }
 
 /// Where a reload's candidate document comes from.
-enum Candidate {
+pub(crate) enum Candidate {
     /// The source's stored text as it is now.
     Stored,
     /// A new text for the source, written to it only once it has been
     /// validated and warmed.
     Text(String),
+    /// A text the source already holds (a fleet version read from its
+    /// store): validated and warmed, never written back.
+    Published(String),
 }
 
 /// Picks a reload's candidate from the source, the current generation and
 /// the text of the one it replaced (for rollback); runs on the blocking pool.
-trait Choose<C>:
+pub(crate) trait Choose<C>:
     FnOnce(&dyn Source<C>, &Generation<C>, &Option<String>) -> Result<Candidate, ReloadError>
     + Send
     + 'static
@@ -130,12 +136,8 @@ impl<A: App> Kiln<A> {
     ) -> Result<ReloadOutcome, ReloadError> {
         let (patch, if_match) = (patch.clone(), if_match.map(str::to_owned));
         self.apply(Trigger::Patch, move |source, current, _| {
-            if let Some(tag) = &if_match
-                && !etag_matches(tag, current.id())
-            {
-                return Err(ReloadError::Stale {
-                    current: current.id(),
-                });
+            if let Some(tag) = &if_match {
+                source.check_if_match(tag, current.text(), current.id())?;
             }
             if source.format() != Some(FileFormat::Toml) {
                 return Err(PatchError::NotToml {
@@ -185,7 +187,7 @@ impl<A: App> Kiln<A> {
     /// Runs one serialized reload with the candidate `choose` picks, records
     /// it in the history (under the reload lock, so that the history lists
     /// attempts in the order they ran), then logs it.
-    async fn apply(
+    pub(crate) async fn apply(
         &self,
         trigger: Trigger,
         choose: impl Choose<A::Config>,
@@ -242,7 +244,9 @@ impl<A: App> Kiln<A> {
                 let candidate = choose(source.as_ref(), &current, &previous)?;
                 let loaded = match &candidate {
                     Candidate::Stored => source.load()?,
-                    Candidate::Text(text) => source.parse(text.clone())?,
+                    Candidate::Text(text) | Candidate::Published(text) => {
+                        source.parse(text.clone())?
+                    }
                 };
                 Ok::<_, ReloadError>((candidate, loaded))
             }
@@ -365,7 +369,7 @@ fn patched_paths(prefix: &str, patch: &Value, out: &mut Vec<String>) {
 
 /// Whether an `If-Match` value names generation `id`: `*`, `"3"`, `W/"3"`,
 /// or a list of them.
-fn etag_matches(if_match: &str, id: u64) -> bool {
+pub(crate) fn etag_matches(if_match: &str, id: u64) -> bool {
     if_match
         .split(',')
         .map(str::trim)

@@ -1,19 +1,39 @@
 //! Where a configuration's text comes from, how it is written back, and how
 //! changes to it are noticed: the [`Source`] the reload path, `PATCH`,
 //! rollback and the watch go through, so that none of them cares whether
-//! the configuration lives in a file ([`FileSource`], today's only one) or
-//! in a fleet store.
+//! the configuration lives in a file ([`FileSource`]) or in a fleet store
+//! ([`FleetSource`]).
 
 mod file;
+mod fleet;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
-use kiln_config::{ConfigError, FileFormat, Loaded};
+use kiln_config::{AppConfig, ConfigError, FileFormat, Loaded};
 
 pub(crate) use file::FileSource;
+pub(crate) use fleet::FleetSource;
 
-use crate::ReloadError;
+use crate::fleet::Fleet;
+use crate::{ReloadError, StartError};
+
+/// The source `loaded` (a file as read at start-up) names: the file itself,
+/// or, with a `[fleet]` section, the fleet's document laid over it (what
+/// is returned then in place of `loaded`).
+pub(crate) async fn open<C: AppConfig>(
+    loaded: Loaded<C>,
+) -> Result<(Arc<dyn Source<C>>, Option<Arc<Fleet>>, Loaded<C>), StartError> {
+    let Some(config) = loaded.config.fleet.clone() else {
+        let source = Arc::new(FileSource::new(loaded.source.clone()));
+        return Ok((source, None, loaded));
+    };
+    let path = loaded.source.clone();
+    let (fleet, loaded) = Fleet::open(loaded, config).await?;
+    let source = Arc::new(FleetSource::new(path, fleet.clone()));
+    Ok((source, Some(fleet), loaded))
+}
 
 /// Where a configuration lives. kiln holds one per handle (an
 /// `Arc<dyn Source<C>>`) and calls it only from the reload path, with the
@@ -21,8 +41,8 @@ use crate::ReloadError;
 /// block (read a file, fsync, wait on a database) but must not need a
 /// runtime of its own to be entered.
 ///
-/// A second implementation (the fleet store: a PostgreSQL document with
-/// versions, a desired pointer and `NOTIFY` hints) provides:
+/// The fleet store ([`FleetSource`]: a PostgreSQL document with versions, a
+/// desired pointer and `NOTIFY` hints) provides:
 ///
 /// - [`describe`](Self::describe): what `/admin/status` and the logs name as
 ///   the source (a path; `fleet NAME` with its version).
@@ -45,8 +65,8 @@ use crate::ReloadError;
 ///   what failed for a reason that may pass, so a missed or spurious hint is
 ///   harmless.
 ///
-/// `If-Match` on `PATCH` names a generation id today; a source whose store
-/// has versions of its own would make that version the `ETag`.
+/// `If-Match` on `PATCH` names a generation id, or for a source whose store
+/// has versions of its own, that version ([`etag`](Self::etag)).
 pub(crate) trait Source<C>: Send + Sync + 'static {
     /// What the configuration is, for status and logs: the file's path.
     fn describe(&self) -> String;
@@ -59,8 +79,9 @@ pub(crate) trait Source<C>: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the source when it cannot be read.
-    fn read(&self) -> Result<String, ConfigError>;
+    /// A [`ConfigError`] naming the source when it cannot be read, or
+    /// another [`ReloadError`] (a store that does not answer).
+    fn read(&self) -> Result<String, ReloadError>;
 
     /// Makes `text`, a candidate for this source, into a validated document.
     ///
@@ -74,8 +95,37 @@ pub(crate) trait Source<C>: Send + Sync + 'static {
     /// # Errors
     ///
     /// As [`read`](Self::read) and [`parse`](Self::parse).
-    fn load(&self) -> Result<Loaded<C>, ConfigError> {
-        self.parse(self.read()?)
+    fn load(&self) -> Result<Loaded<C>, ReloadError> {
+        Ok(self.parse(self.read()?)?)
+    }
+
+    /// The `ETag` of the configuration whose text is `text`, served by
+    /// generation `generation`: the generation, unless the source has
+    /// versions of its own (a fleet's).
+    fn etag(&self, text: &str, generation: u64) -> u64 {
+        let _ = text;
+        generation
+    }
+
+    /// Refuses a change whose `If-Match` does not name the current
+    /// configuration's [`etag`](Self::etag).
+    ///
+    /// # Errors
+    ///
+    /// [`ReloadError::Stale`], or the source's own kind of it.
+    fn check_if_match(
+        &self,
+        if_match: &str,
+        text: &str,
+        generation: u64,
+    ) -> Result<(), ReloadError> {
+        if crate::reload::etag_matches(if_match, self.etag(text, generation)) {
+            Ok(())
+        } else {
+            Err(ReloadError::Stale {
+                current: generation,
+            })
+        }
     }
 
     /// Refuses when the stored text is no longer `expected`, the text of

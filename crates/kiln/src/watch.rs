@@ -24,10 +24,19 @@ impl<A: App> Kiln<A> {
     /// generation. Logs `Watching <path>` once the watch is armed. Runs until kiln
     /// shuts down; returns early only when no watch can be armed at all.
     /// Spawn it: [`serve`](crate::serve) does.
+    ///
+    /// In fleet mode (`[fleet]`) it follows the fleet instead: it applies
+    /// each new desired version (trigger `fleet`) and reports ACK or NACK.
     pub async fn watch(self) {
         let readiness = self.shared.readiness.clone();
+        let follow = async {
+            match self.shared.fleet.clone() {
+                Some(fleet) => self.follow(fleet).await,
+                None => self.watch_source().await,
+            }
+        };
         tokio::select! {
-            () = self.watch_source() => {}
+            () = follow => {}
             () = readiness.draining() => {}
         }
     }
@@ -108,6 +117,14 @@ impl<A: App> Kiln<A> {
     }
 }
 
+/// `base` spread at random by up to ±`spread` (a fraction of it), so that
+/// instances that start or lose a store together do not act in lockstep.
+pub(crate) fn jittered(base: Duration, spread: f64) -> Duration {
+    // A random fraction in [0, 1) from std's randomly keyed hasher.
+    let random = RandomState::new().hash_one(()) as f64 / u64::MAX as f64;
+    base.mul_f64(1.0 - spread + 2.0 * spread * random)
+}
+
 /// What the watch loop remembers between looks at the file.
 struct Attempts {
     /// The last text a reload was tried with, applied or not.
@@ -129,9 +146,7 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(30);
 
     fn schedule(&mut self) {
-        // A random fraction in [0, 1) from std's randomly keyed hasher.
-        let random = RandomState::new().hash_one(()) as f64 / u64::MAX as f64;
-        let delay = self.next.mul_f64(0.75 + random / 2.0);
+        let delay = jittered(self.next, 0.25);
         self.due = Some(Instant::now() + delay);
         self.next = (self.next * 2).min(Self::MAX);
         tracing::warn!(

@@ -52,12 +52,13 @@ impl<C: AppConfig> Source<C> for FileSource {
         kiln_config::format_of(&self.path)
     }
 
-    fn read(&self) -> Result<String, ConfigError> {
+    fn read(&self) -> Result<String, ReloadError> {
         std::fs::read_to_string(&self.path).map_err(|e| {
             ConfigError::new(
                 &self.path,
                 ErrorKind::Syntax(format!("cannot read the file: {e}")),
             )
+            .into()
         })
     }
 

@@ -1,0 +1,196 @@
+//! What a fleet needs from its store, whatever the engine: the desired
+//! version, a compare-and-swap publish, hints, and the instances' rows.
+//! PostgreSQL ([`PgStore`](super::postgres::PgStore)) is the one engine
+//! today; another (etcd: revisions, leases) would implement the same trait.
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+
+/// One immutable version of a fleet's document.
+#[derive(Clone, Debug)]
+pub(crate) struct Version {
+    pub(crate) id: u64,
+    pub(crate) document: String,
+    pub(crate) meta: VersionMeta,
+}
+
+/// What `/admin/fleet` shows of a version.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct VersionMeta {
+    /// The version's id.
+    pub(crate) version: u64,
+    /// Hex SHA-256 of its document.
+    pub(crate) sha256: String,
+    /// Who published it.
+    pub(crate) author: String,
+    /// Why.
+    pub(crate) message: String,
+    /// The version it was made from.
+    pub(crate) parent: Option<u64>,
+    /// When (RFC 3339, UTC).
+    pub(crate) created_at: String,
+}
+
+/// A version to publish.
+#[derive(Debug)]
+pub(crate) struct Draft<'a> {
+    pub(crate) document: &'a str,
+    pub(crate) author: &'a str,
+    pub(crate) message: &'a str,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// The store could not be reached or answered an error.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The desired version is no longer the one the publisher started from.
+    #[error("the desired version is {current}, not {expected}")]
+    Stale { expected: u64, current: u64 },
+}
+
+/// What the store says about the connection to it now.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StoreHealth {
+    /// `connected` or `disconnected`.
+    pub(crate) state: &'static str,
+    /// Since when (RFC 3339, UTC).
+    pub(crate) since: String,
+    /// The last error, while disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+/// A hint from the store: look at the desired version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// The hint connection is (re)established and listening: notifications
+    /// sent before are lost, so read the latest now.
+    Connected,
+    /// A version was published.
+    Published(u64),
+}
+
+/// What an instance reports: ACK (`Applied`), NACK (`Rejected`), or that it
+/// is applying a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) applied: Option<u64>,
+    pub(crate) generation: u64,
+    pub(crate) state: ReportState,
+    /// The version the state is about.
+    pub(crate) version: Option<u64>,
+    pub(crate) error: Option<String>,
+    pub(crate) key: Option<String>,
+}
+
+impl Report {
+    /// An ACK of `version` (0: none published yet) served by `generation`.
+    pub(crate) fn applied(version: u64, generation: u64) -> Self {
+        let version = Some(version).filter(|v| *v != 0);
+        Self {
+            applied: version,
+            generation,
+            state: ReportState::Applied,
+            version,
+            error: None,
+            key: None,
+        }
+    }
+}
+
+/// The state column of an instance's row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReportState {
+    Applying,
+    Applied,
+    Rejected,
+}
+
+impl ReportState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Applying => "applying",
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Who an instance is, for its row.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub(crate) fleet: String,
+    pub(crate) instance: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// Seconds since the Unix epoch.
+    pub(crate) started_at: f64,
+}
+
+/// An instance's row as stored, with the ages the store measured on its
+/// own clock (so that hosts' clocks do not matter).
+#[derive(Clone, Debug)]
+pub(crate) struct InstanceRow {
+    pub(crate) instance: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) started_at: String,
+    pub(crate) heartbeat_at: String,
+    pub(crate) applied: Option<u64>,
+    pub(crate) generation: u64,
+    pub(crate) state: String,
+    pub(crate) version: Option<u64>,
+    pub(crate) error: Option<String>,
+    pub(crate) key: Option<String>,
+    /// Seconds since its last heartbeat.
+    pub(crate) silent_s: f64,
+    /// Seconds since the desired version last moved (`None`: never set).
+    pub(crate) desired_age_s: Option<f64>,
+}
+
+/// A fleet store. Every call is bounded in time: a store that does not
+/// answer is an error, never a hang.
+pub(crate) trait FleetStore: Send + Sync + 'static {
+    /// The store, for logs and answers: its URL, password redacted.
+    fn describe(&self) -> String;
+
+    /// The connection's state now.
+    fn health(&self) -> StoreHealth;
+
+    /// The desired version of `fleet`; `None` before the first publish.
+    fn desired<'a>(&'a self, fleet: &'a str) -> BoxFuture<'a, Result<Option<Version>, StoreError>>;
+
+    /// Stores `draft` as a new version made from `expected` (0: none) and
+    /// makes it the desired one, only if the desired version is still
+    /// `expected`; sends the hint in the same transaction.
+    fn publish<'a>(
+        &'a self,
+        fleet: &'a str,
+        expected: u64,
+        draft: Draft<'a>,
+    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+
+    /// Hints for `identity`'s fleet, for as long as the stream is held:
+    /// [`Hint::Connected`] after every (re)connection, then one per publish.
+    fn hints(&self, identity: &Identity) -> BoxStream<'static, Hint>;
+
+    /// Writes `identity`'s row.
+    fn report<'a>(
+        &'a self,
+        identity: &'a Identity,
+        report: &'a Report,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Touches `identity`'s heartbeat; `false` when it has no row (then
+    /// [`report`](Self::report)).
+    fn heartbeat<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every instance row of `fleet`, by name.
+    fn instances<'a>(
+        &'a self,
+        fleet: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<InstanceRow>, StoreError>>;
+}
