@@ -430,5 +430,6 @@ fn a_fleet_document_may_not_set_admin_or_fleet() {
     assert_eq!(a.config_etag(), "\"0\"", "nothing was published");
     let not_fleet = Server::start(&Config::sqlite().render());
     let reply = not_fleet.admin_get("/admin/fleet");
-    assert_eq!(reply.status, 404, "{reply:?}");
+    util::assert_refused(&reply, 409, 1);
+    assert!(reply.body.contains("not in a fleet"), "{reply:?}");
 }

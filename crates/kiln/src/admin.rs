@@ -531,14 +531,14 @@ async fn fleet_patched<A: App>(
     path = "/fleet",
     responses(
         (status = 200, description = "The fleet: the store's connection, the desired version, and one row per instance (`null` while the store is unreachable).", body = crate::fleet::FleetView),
-        (status = 404, description = "This instance is not in a fleet (no `[fleet]` section).", body = ErrorBody),
+        (status = 409, description = "This instance is not in a fleet (no `[fleet]` section).", body = ErrorBody),
     )
 )]
 async fn fleet<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     match &kiln.shared.fleet {
         Some(fleet) => Json(fleet.view().await).into_response(),
         None => Refusal::new(
-            StatusCode::NOT_FOUND,
+            StatusCode::CONFLICT,
             "this instance is not in a fleet: its file has no [fleet] section",
             kiln.current().id(),
         )

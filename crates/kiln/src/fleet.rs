@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use self::postgres::PgStore;
 pub(crate) use self::store::Report;
 use self::store::{
-    Draft, FleetStore, Identity, InstanceRow, ReportState, StoreError, StoreHealth, Version,
-    VersionMeta,
+    Draft, FleetStore, Identity, InstanceRow, Published, ReportState, StoreError, StoreHealth,
+    Version, VersionMeta,
 };
 use crate::{ReloadError, StartError};
 
@@ -68,14 +68,8 @@ pub enum FleetError {
 }
 
 impl From<StoreError> for FleetError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(reason) => Self::Unavailable { reason },
-            StoreError::Stale { current, .. } => Self::Stale {
-                fleet: String::new(),
-                current,
-            },
-        }
+    fn from(StoreError(reason): StoreError) -> Self {
+        Self::Unavailable { reason }
     }
 }
 
@@ -274,8 +268,8 @@ impl Fleet {
             author: &author,
             message,
         };
-        match self.store.publish(self.name(), expected, draft).await {
-            Ok(version) => {
+        match self.store.publish(self.name(), expected, draft).await? {
+            Published::Version(version) => {
                 self.record(&version);
                 tracing::info!(
                     fleet = self.name(),
@@ -285,11 +279,10 @@ impl Fleet {
                 );
                 Ok(version.id)
             }
-            Err(StoreError::Stale { current, .. }) => Err(FleetError::Stale {
+            Published::Stale { current } => Err(FleetError::Stale {
                 fleet: self.name().to_owned(),
                 current,
             }),
-            Err(e) => Err(e.into()),
         }
     }
 

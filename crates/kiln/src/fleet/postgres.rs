@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
 use super::store::{
-    Draft, FleetStore, Hint, Identity, InstanceRow, Report, StoreError, StoreHealth, Version,
-    VersionMeta,
+    Draft, FleetStore, Hint, Identity, InstanceRow, Published, Report, StoreError, StoreHealth,
+    Version, VersionMeta,
 };
 use super::{rfc3339, sha256_hex};
 use crate::watch::jittered;
@@ -62,7 +62,7 @@ impl PgStore {
     pub(crate) fn new(fleet: &FleetConfig, instance: &str) -> Result<Self, StoreError> {
         let described = fleet.store.redacted();
         let mut config: tokio_postgres::Config = fleet.store.expose().parse().map_err(|e| {
-            StoreError::Unavailable(format!(
+            StoreError(format!(
                 "fleet.store {described} is not a PostgreSQL connection string: {}",
                 ErrorChain(&e)
             ))
@@ -85,7 +85,7 @@ impl PgStore {
     /// and marks the store disconnected.
     async fn call<T>(
         &self,
-        call: impl AsyncFnOnce(&mut Client) -> Result<T, CallError>,
+        call: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let result = tokio::time::timeout(CALL_TIMEOUT, async {
             let mut slot = self.client.lock().await;
@@ -93,10 +93,10 @@ impl PgStore {
                 *slot = Some(self.open().await?);
             }
             let result = call(slot.as_mut().expect("opened above")).await;
-            if let Err(CallError::Down(_)) = result {
+            if result.is_err() {
                 *slot = None;
             }
-            result
+            result.map_err(|e| ErrorChain(&e).to_string())
         })
         .await;
         let result = match result {
@@ -104,10 +104,7 @@ impl PgStore {
             Err(_) => {
                 // Whatever it waited on is gone with it: start afresh.
                 *self.client.lock().await = None;
-                Err(CallError::Down(format!(
-                    "no answer within {}s",
-                    CALL_TIMEOUT.as_secs()
-                )))
+                Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs()))
             }
         };
         match result {
@@ -115,13 +112,9 @@ impl PgStore {
                 self.health.up();
                 Ok(value)
             }
-            Err(CallError::Stale { expected, current }) => {
-                self.health.up();
-                Err(StoreError::Stale { expected, current })
-            }
-            Err(CallError::Down(reason)) => {
+            Err(reason) => {
                 self.health.down(&self.described, &reason);
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError(format!(
                     "the fleet store {} is unreachable: {reason}",
                     self.described
                 )))
@@ -130,7 +123,13 @@ impl PgStore {
     }
 
     /// Opens the query connection and creates the schema if it is missing.
-    async fn open(&self) -> Result<Client, CallError> {
+    async fn open(&self) -> Result<Client, String> {
+        self.connect_and_migrate()
+            .await
+            .map_err(|e| ErrorChain(&e).to_string())
+    }
+
+    async fn connect_and_migrate(&self) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -158,19 +157,6 @@ impl PgStore {
             );
         }
         Ok(client)
-    }
-}
-
-/// Why a call failed: the store is down (or answered an error), or a
-/// publish lost its compare-and-swap.
-enum CallError {
-    Down(String),
-    Stale { expected: u64, current: u64 },
-}
-
-impl From<tokio_postgres::Error> for CallError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        Self::Down(ErrorChain(&e).to_string())
     }
 }
 
@@ -228,7 +214,7 @@ impl FleetStore for PgStore {
         fleet: &'a str,
         expected: u64,
         draft: Draft<'a>,
-    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+    ) -> BoxFuture<'a, Result<Published, StoreError>> {
         Box::pin(self.call(async move |client: &mut Client| {
             let sha = sha256_hex(draft.document);
             let parent = (expected != 0).then_some(expected as i64);
@@ -269,7 +255,7 @@ impl FleetStore for PgStore {
                     .await?
                     .map_or(0, |row| id(&row, "version"));
                 tx.rollback().await?;
-                return Err(CallError::Stale { expected, current });
+                return Ok(Published::Stale { current });
             }
             tx.execute(
                 "SELECT pg_notify($1, $2)",
@@ -277,7 +263,7 @@ impl FleetStore for PgStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(published)
+            Ok(Published::Version(published))
         }))
     }
 

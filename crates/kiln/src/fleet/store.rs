@@ -40,15 +40,20 @@ pub(crate) struct Draft<'a> {
     pub(crate) message: &'a str,
 }
 
-/// Why a store operation failed.
+/// Why a store operation failed: the store could not be reached or
+/// answered an error (the message names the store).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    /// The store could not be reached or answered an error.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The desired version is no longer the one the publisher started from.
-    #[error("the desired version is {current}, not {expected}")]
-    Stale { expected: u64, current: u64 },
+#[error("{0}")]
+pub(crate) struct StoreError(pub(crate) String);
+
+/// What a publish did.
+#[derive(Debug)]
+pub(crate) enum Published {
+    /// The new version, now the desired one.
+    Version(Version),
+    /// Nothing: the desired version was no longer the one the publisher
+    /// started from, but this one.
+    Stale { current: u64 },
 }
 
 /// What the store says about the connection to it now.
@@ -171,7 +176,7 @@ pub(crate) trait FleetStore: Send + Sync + 'static {
         fleet: &'a str,
         expected: u64,
         draft: Draft<'a>,
-    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+    ) -> BoxFuture<'a, Result<Published, StoreError>>;
 
     /// Hints for `identity`'s fleet, for as long as the stream is held:
     /// [`Hint::Connected`] after every (re)connection, then one per publish.
