@@ -1,6 +1,7 @@
 //! The `kiln` command: serve the demo app with a config file, validate a
 //! config file, or ask a running server to reload.
 
+mod fleet;
 mod notes;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,11 @@ enum Command {
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Drive a fleet (`[fleet]`) through an instance's admin API.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
             }),
             _,
         ) => reload(&admin, token.as_deref(), timeout),
+        (Some(Command::Fleet { command }), _) => fleet::run(command),
         (None, Some(config)) => serve(&config),
         (None, None) => Err(anyhow::anyhow!(
             "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"

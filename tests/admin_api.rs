@@ -165,6 +165,8 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         ("GET", "/openapi.json"),
         ("GET", "/status"),
         ("PATCH", "/config"),
+        ("POST", "/fleet/publish"),
+        ("POST", "/fleet/rollback"),
         ("POST", "/reload"),
         ("POST", "/rollback"),
     ];

@@ -433,3 +433,135 @@ fn a_fleet_document_may_not_set_admin_or_fleet() {
     util::assert_refused(&reply, 409, 1);
     assert!(reply.body.contains("not in a fleet"), "{reply:?}");
 }
+
+/// `POST /admin/fleet/{publish,rollback}` with `?wait=all`.
+fn post(server: &Server, path: &str, body: Option<&Value>) -> Reply {
+    let body = body.map(Value::to_string);
+    util::call(
+        &util::agent(),
+        "POST",
+        &server.admin_url(path),
+        &[("content-type", "application/json")],
+        Some(body.as_deref().unwrap_or("")),
+    )
+    .unwrap_or_else(|e| panic!("POST {path} failed: {e}"))
+}
+
+#[test]
+fn a_whole_document_is_published_with_its_message_and_rolled_back_as_a_new_version() {
+    let pg = util::postgres();
+    let a = Server::start(&member(&pg, "a").render());
+    let b = Server::start(&member(&pg, "b").render());
+    let rollback = post(&a, "/admin/fleet/rollback", None);
+    let body = util::assert_refused(&rollback, 409, 1);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to roll back"),
+        "{body}"
+    );
+
+    let mut versions = Vec::new();
+    for greeting in ["one", "two"] {
+        let document = format!("[app]\ngreeting = \"{greeting}\"\n");
+        let reply = post(
+            &a,
+            "/admin/fleet/publish?wait=all",
+            Some(&json!({"document": document, "message": format!("say {greeting}")})),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let body = reply.json();
+        assert_eq!(
+            states(&json!({"instances": body["instances"]})).len(),
+            2,
+            "{body}"
+        );
+        versions.push(body["fleet_version"].as_u64().unwrap());
+    }
+    b.wait_for_greeting("two");
+    let view = fleet(&b);
+    assert_eq!(view["desired"]["message"], "say two", "{view}");
+    assert_eq!(
+        view["desired"]["parent"].as_u64(),
+        Some(versions[0]),
+        "{view}"
+    );
+
+    // A document that sets [admin] is refused before anything is published.
+    let refused = post(
+        &a,
+        "/admin/fleet/publish",
+        Some(&json!({"document": "[admin]\ntoken = \"x\"\n"})),
+    );
+    util::assert_refused(&refused, 422, a.status_generation());
+
+    let reply = post(&a, "/admin/fleet/rollback?wait=all", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let rolled = reply.json()["fleet_version"].as_u64().unwrap();
+    assert!(rolled > versions[1], "a new version: {reply:?}");
+    b.wait_for_greeting("one");
+    let view = fleet(&b);
+    assert_eq!(
+        view["desired"]["message"],
+        format!("rollback from version {} to {}", versions[1], versions[0]),
+        "{view}"
+    );
+    assert_eq!(b.history_of("fleet").len(), 3, "{:?}", b.history());
+    let applied = a.history_of("publish");
+    let applied: Vec<_> = applied
+        .iter()
+        .filter(|e| !e["generation"].is_null())
+        .collect();
+    assert_eq!(applied.len(), 3, "{:?}", a.history());
+}
+
+#[test]
+fn kiln_fleet_push_and_status_drive_the_fleet_through_the_admin_api() {
+    let pg = util::postgres();
+    let a = Server::start(&member(&pg, "a").render());
+    let b = Server::start_with(
+        &member(&pg, "b").set("pools.main.warm", "2").render(),
+        &[("KILN__POOLS__MAIN__MAX_SIZE", "2")],
+    );
+    let admin = format!("http://{}", a.admin_addr());
+    let push = |document: &str| {
+        let file = a.site.path("shared.toml");
+        std::fs::write(&file, document).unwrap();
+        util::run(
+            util::kiln_command()
+                .args(["fleet", "push", "-m", "from the CLI", "--admin", &admin])
+                .arg(&file),
+        )
+    };
+
+    let out = push("[app]\ngreeting = \"pushed\"\n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains(": 2/2 applied"), "{out:?}");
+    b.wait_for_greeting("pushed");
+
+    let out = push("[app]\ngreeting = \"warmer\"\n[pools.main]\nwarm = 4\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("1/2 applied, 1 rejected"), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("{}: ", instance(&pg, "b"))),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("pools.main.warm"), "{out:?}");
+
+    let out = util::run(util::kiln_command().args(["fleet", "status", "--admin", &admin]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("from the CLI"), "{out:?}");
+    for (name, state) in [("a", "in-sync"), ("b", "rejected")] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&instance(&pg, name)))
+            .unwrap_or_else(|| panic!("no line for {name}: {out:?}"));
+        assert!(line.contains(state), "{line}");
+    }
+    // A refused publish (an [admin] section) exits 1 naming why.
+    let out = push("[admin]\ntoken = \"x\"\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("no [admin]"), "{out:?}");
+}

@@ -11,6 +11,7 @@
 //! embedder chose [`Kiln::admin_router_unauthenticated`].
 
 mod budget;
+mod fleet;
 mod guard;
 
 use std::net::SocketAddr;
@@ -81,7 +82,9 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
         .add(__path_status, status::<A>)
         .add(__path_config, config::<A>)
         .add(__path_patch, patch::<A>)
-        .add(__path_fleet, fleet::<A>)
+        .add(fleet::__path_view, fleet::view::<A>)
+        .add(fleet::__path_publish, fleet::publish::<A>)
+        .add(fleet::__path_rollback, fleet::rollback::<A>)
         .add(__path_openapi, openapi::<A>);
     router
         .fallback(not_found::<A>)
@@ -149,7 +152,7 @@ fn method_filter(method: &HttpMethod) -> MethodFilter {
         title = "kiln admin API",
         description = "Reload, patch, roll back and inspect a running kiln. Every error is JSON: `{\"error\", \"generation\", ...}`."
     ),
-    components(schemas(ErrorBody, crate::fleet::FleetView))
+    components(schemas(ErrorBody, crate::fleet::FleetView, self::fleet::Publish))
 )]
 struct AdminApi;
 
@@ -434,7 +437,7 @@ async fn patch<A: App>(
     State(kiln): State<Kiln<A>>,
     peer: Peer,
     headers: HeaderMap,
-    query: Result<Query<PatchQuery>, QueryRejection>,
+    query: Result<Query<fleet::WaitQuery>, QueryRejection>,
     // An object, so that any other JSON is refused (422) before `If-Match`
     // is compared: a malformed request is not a stale one.
     body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
@@ -453,96 +456,34 @@ async fn patch<A: App>(
             .into_response();
         }
     };
-    let if_match = match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(value)) if etag_list(value) => Some(value),
-        Some(_) => {
-            return Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "If-Match is not an ETag list: send the ETag of GET /admin/config (e.g. \"3\"), or *",
-                kiln.current().id(),
-            )
-            .into_response();
-        }
+    let if_match = match if_match(&headers, &kiln) {
+        Ok(if_match) => if_match,
+        Err(refused) => return *refused,
     };
-    let wait_all = match query {
-        Ok(Query(query)) => query.wait.is_some(),
-        Err(rejection) => {
-            return Refusal::new(
-                StatusCode::BAD_REQUEST,
-                format!("{}: the only query is wait=all", rejection.body_text()),
-                kiln.current().id(),
-            )
-            .into_response();
-        }
+    let wait_all = match fleet::wait_all(query, &kiln) {
+        Ok(wait_all) => wait_all,
+        Err(refused) => return *refused,
     };
     let patch = serde_json::Value::Object(patch);
     let result = crate::history::with_peer(peer_addr(peer), kiln.patch(&patch, if_match)).await;
-    match (result, &kiln.shared.fleet) {
-        (Ok(outcome), Some(fleet)) => fleet_patched(&kiln, fleet, outcome, wait_all).await,
-        (result, _) => answer(&kiln, result),
-    }
+    fleet::answer_change(&kiln, result, wait_all).await
 }
 
-/// `?wait=all` on `PATCH /admin/config`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchQuery {
-    wait: Option<WaitFor>,
-}
-
-/// Whom a fleet patch waits for besides this instance.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum WaitFor {
-    /// Every live instance.
-    All,
-}
-
-/// The answer to a fleet patch this instance applied: it reports its ACK,
-/// then (with `wait_all`) waits for every live instance's.
-async fn fleet_patched<A: App>(
+/// The `If-Match` header, when it is an ETag list; a `400` otherwise.
+fn if_match<'a, A: App>(
+    headers: &'a HeaderMap,
     kiln: &Kiln<A>,
-    fleet: &crate::fleet::Fleet,
-    outcome: ReloadOutcome,
-    wait_all: bool,
-) -> Response {
-    let version = kiln.etag();
-    let report = crate::fleet::Report::applied(version, outcome.generation);
-    if let Err(e) = fleet.acknowledge(&report, kiln.current().text()).await {
-        tracing::warn!(error = %e, version, "Could not report the applied fleet version; the next look tries again");
-    }
-    let mut body = serde_json::to_value(&outcome).expect("an outcome serializes");
-    body["fleet_version"] = version.into();
-    if wait_all {
-        match fleet.wait_all(version).await {
-            Ok(instances) => {
-                body["instances"] = serde_json::to_value(instances).expect("rows serialize")
-            }
-            Err(e) => body["instances_error"] = e.to_string().into(),
-        }
-    }
-    Json(body).into_response()
-}
-
-/// `GET /admin/fleet`: the desired version and each instance's state.
-#[utoipa::path(
-    get,
-    path = "/fleet",
-    responses(
-        (status = 200, description = "The fleet: the store's connection, the desired version, and one row per instance (`null` while the store is unreachable).", body = crate::fleet::FleetView),
-        (status = 409, description = "This instance is not in a fleet (no `[fleet]` section).", body = ErrorBody),
-    )
-)]
-async fn fleet<A: App>(State(kiln): State<Kiln<A>>) -> Response {
-    match &kiln.shared.fleet {
-        Some(fleet) => Json(fleet.view().await).into_response(),
-        None => Refusal::new(
-            StatusCode::CONFLICT,
-            "this instance is not in a fleet: its file has no [fleet] section",
+) -> Result<Option<&'a str>, Box<Response>> {
+    match headers.get(header::IF_MATCH).map(HeaderValue::to_str) {
+        None => Ok(None),
+        Some(Ok(value)) if etag_list(value) => Ok(Some(value)),
+        Some(_) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match is not an ETag list: send the ETag of GET /admin/config (e.g. \"3\"), or *",
             kiln.current().id(),
         )
-        .into_response(),
+        .into_response()
+        .into()),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{Method, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use kiln_resources::within;
 
@@ -64,7 +64,23 @@ pub async fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
-    within(timeout, base, exchange(method, base, path, token))
+    request_json(method, base, path, token, None, timeout).await
+}
+
+/// Like [`request`], sending `body` as JSON when given.
+///
+/// # Errors
+///
+/// As [`request`].
+pub async fn request_json(
+    method: Method,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    within(timeout, base, exchange(method, base, path, token, body))
         .await
         .unwrap_or_else(|late| {
             Err(ClientError::Timeout {
@@ -79,6 +95,7 @@ async fn exchange(
     base: &str,
     path: &str,
     token: Option<&str>,
+    body: Option<&serde_json::Value>,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
     let uri: Uri = base.parse().map_err(|_| ClientError::Url {
         url: base.to_owned(),
@@ -120,8 +137,15 @@ async fn exchange(
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
+    let body = match body {
+        Some(body) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+        None => Bytes::new(),
+    };
     let request = request
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(body))
         .map_err(|_| ClientError::Url {
             url: base.to_owned(),
         })?;

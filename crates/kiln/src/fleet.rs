@@ -14,6 +14,7 @@
 
 mod follow;
 mod postgres;
+mod publish;
 mod store;
 
 use std::collections::HashMap;
@@ -255,6 +256,27 @@ impl Fleet {
         Ok(desired)
     }
 
+    /// The version the desired one was made from, with a message saying
+    /// it is a rollback to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ReloadError::NoPrevious`] when there is none, or the store's error.
+    pub(crate) async fn earlier(&self) -> Result<Earlier, ReloadError> {
+        let desired = self.desired().await?.ok_or(ReloadError::NoPrevious)?;
+        let parent = desired.meta.parent.ok_or(ReloadError::NoPrevious)?;
+        let earlier = self
+            .store
+            .version(self.name(), parent)
+            .await
+            .map_err(FleetError::from)?
+            .ok_or(ReloadError::NoPrevious)?;
+        Ok(Earlier {
+            document: earlier.document,
+            message: format!("rollback from version {} to {parent}", desired.id),
+        })
+    }
+
     /// Publishes `document` in place of version `expected` (0: none yet).
     pub(crate) async fn publish(
         &self,
@@ -459,6 +481,13 @@ impl std::fmt::Debug for Fleet {
             .field("store", &self.store.describe())
             .finish_non_exhaustive()
     }
+}
+
+/// A version's document to publish again, and why.
+#[derive(Debug)]
+pub(crate) struct Earlier {
+    pub(crate) document: String,
+    pub(crate) message: String,
 }
 
 /// `GET /admin/fleet`.

@@ -36,6 +36,8 @@ pub enum Trigger {
     Api,
     /// A new version of the fleet's document.
     Fleet,
+    /// `POST /admin/fleet/publish` or `/admin/fleet/rollback`.
+    Publish,
 }
 
 impl fmt::Display for Trigger {
@@ -48,6 +50,7 @@ impl fmt::Display for Trigger {
             Self::Watch => "watch",
             Self::Api => "api",
             Self::Fleet => "fleet",
+            Self::Publish => "publish",
         })
     }
 }
@@ -76,8 +79,9 @@ pub(crate) enum Candidate {
     /// The source's stored text as it is now.
     Stored,
     /// A new text for the source, written to it only once it has been
-    /// validated and warmed.
-    Text(String),
+    /// validated and warmed, with what the writer said about it (a fleet
+    /// version's message; by default the trigger and the admin client).
+    Text(String, Option<String>),
     /// A text the source already holds (a fleet version read from its
     /// store): validated and warmed, never written back.
     Published(String),
@@ -152,10 +156,10 @@ impl<A: App> Kiln<A> {
                 });
             }
             source.check_unchanged(current.text(), current.id())?;
-            Ok(Candidate::Text(kiln_config::merge_patch_toml(
-                current.text(),
-                &patch,
-            )?))
+            Ok(Candidate::Text(
+                kiln_config::merge_patch_toml(current.text(), &patch)?,
+                None,
+            ))
         })
         .await
     }
@@ -174,7 +178,7 @@ impl<A: App> Kiln<A> {
         self.apply(Trigger::Rollback, |source, current, previous| {
             let text = previous.clone().ok_or(ReloadError::NoPrevious)?;
             source.check_unchanged(current.text(), current.id())?;
-            Ok(Candidate::Text(text))
+            Ok(Candidate::Text(text, None))
         })
         .await
     }
@@ -199,7 +203,9 @@ impl<A: App> Kiln<A> {
         let mut previous_text = self.shared.reload_lock.lock().await;
         // Under the lock, so that queued reloads tell systemd one at a time.
         self.shared.systemd.reloading();
-        let result = self.apply_locked(&mut previous_text, started, choose).await;
+        let result = self
+            .apply_locked(&mut previous_text, started, trigger, choose)
+            .await;
         self.shared
             .systemd
             .reloaded(self.current().id(), result.is_err());
@@ -231,6 +237,7 @@ impl<A: App> Kiln<A> {
         &self,
         previous_text: &mut Option<String>,
         started: tokio::time::Instant,
+        trigger: Trigger,
         choose: impl Choose<A::Config>,
     ) -> Result<ReloadOutcome, ReloadError> {
         if self.shared.readiness.is_draining() {
@@ -244,7 +251,7 @@ impl<A: App> Kiln<A> {
                 let candidate = choose(source.as_ref(), &current, &previous)?;
                 let loaded = match &candidate {
                     Candidate::Stored => source.load()?,
-                    Candidate::Text(text) | Candidate::Published(text) => {
+                    Candidate::Text(text, _) | Candidate::Published(text) => {
                         source.parse(text.clone())?
                     }
                 };
@@ -285,9 +292,12 @@ impl<A: App> Kiln<A> {
             return Err(ReloadError::Draining);
         }
         let rebuilt = [generation.built(), staged.rebuilt()].concat();
-        if let Candidate::Text(text) = candidate {
+        if let Candidate::Text(text, message) = candidate {
             let (source, current) = (self.shared.source.clone(), current.clone());
-            blocking(move || source.write(current.text(), &text, current.id())).await?;
+            let peer = crate::history::peer().map(|peer| format!(" from {peer}"));
+            let message =
+                message.unwrap_or_else(|| format!("{trigger}{}", peer.unwrap_or_default()));
+            blocking(move || source.write(current.text(), &text, current.id(), &message)).await?;
         }
         refused.0 = None;
         let generation = staged.generation_id();

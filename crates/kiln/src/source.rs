@@ -141,13 +141,20 @@ pub(crate) trait Source<C>: Send + Sync + 'static {
 
     /// Stores `text` in place of `expected`, the text of generation
     /// `generation`, only if the stored text is still `expected` (as
-    /// [`check_unchanged`](Self::check_unchanged)).
+    /// [`check_unchanged`](Self::check_unchanged)); `message` says why, for
+    /// a source that keeps versions.
     ///
     /// # Errors
     ///
     /// [`ReloadError::Drifted`] (nothing written), or
     /// [`ReloadError::Persist`] when storing failed.
-    fn write(&self, expected: &str, text: &str, generation: u64) -> Result<(), ReloadError>;
+    fn write(
+        &self,
+        expected: &str,
+        text: &str,
+        generation: u64,
+        message: &str,
+    ) -> Result<(), ReloadError>;
 
     /// Hints that the stored text may have changed, for as long as the
     /// stream is held; `None` (logged) when nothing can be watched.

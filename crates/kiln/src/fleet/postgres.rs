@@ -209,6 +209,26 @@ impl FleetStore for PgStore {
         }))
     }
 
+    fn version<'a>(
+        &'a self,
+        fleet: &'a str,
+        id: u64,
+    ) -> BoxFuture<'a, Result<Option<Version>, StoreError>> {
+        Box::pin(self.call(async move |client: &mut Client| {
+            let row = client
+                .query_opt(
+                    concat!(
+                        "SELECT id, document, sha256, author, message, parent, ",
+                        utc!("created_at"),
+                        " AS created_at FROM kiln_fleet.versions WHERE fleet = $1 AND id = $2"
+                    ),
+                    &[&fleet, &(id as i64)],
+                )
+                .await?;
+            Ok(row.as_ref().map(version))
+        }))
+    }
+
     fn publish<'a>(
         &'a self,
         fleet: &'a str,

@@ -168,6 +168,13 @@ pub(crate) trait FleetStore: Send + Sync + 'static {
     /// The desired version of `fleet`; `None` before the first publish.
     fn desired<'a>(&'a self, fleet: &'a str) -> BoxFuture<'a, Result<Option<Version>, StoreError>>;
 
+    /// Version `id` of `fleet`, if there is one.
+    fn version<'a>(
+        &'a self,
+        fleet: &'a str,
+        id: u64,
+    ) -> BoxFuture<'a, Result<Option<Version>, StoreError>>;
+
     /// Stores `draft` as a new version made from `expected` (0: none) and
     /// makes it the desired one, only if the desired version is still
     /// `expected`; sends the hint in the same transaction.

@@ -77,7 +77,13 @@ impl<C: AppConfig> Source<C> for FileSource {
         }
     }
 
-    fn write(&self, expected: &str, text: &str, generation: u64) -> Result<(), ReloadError> {
+    fn write(
+        &self,
+        expected: &str,
+        text: &str,
+        generation: u64,
+        _message: &str,
+    ) -> Result<(), ReloadError> {
         // Narrows, without closing, the window in which an editor's save
         // could be overwritten: a file has no compare-and-swap.
         <Self as Source<C>>::check_unchanged(self, expected, generation)?;

@@ -93,9 +93,15 @@ impl<C: AppConfig> Source<C> for FleetSource {
         }
     }
 
-    fn write(&self, expected: &str, text: &str, _generation: u64) -> Result<(), ReloadError> {
+    fn write(
+        &self,
+        expected: &str,
+        text: &str,
+        _generation: u64,
+        message: &str,
+    ) -> Result<(), ReloadError> {
         let expected = self.fleet.version_of(expected);
-        let published = self.fleet.publish(expected, text, "through the admin API");
+        let published = self.fleet.publish(expected, text, message);
         tokio::runtime::Handle::current().block_on(published)?;
         Ok(())
     }
