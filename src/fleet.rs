@@ -114,20 +114,25 @@ fn status(admin: &Admin) -> anyhow::Result<ExitCode> {
         println!("instances unknown while the store is unreachable");
         return Ok(ExitCode::SUCCESS);
     };
-    println!(
-        "{:<24} {:<16} {:>8} {:<9} {:>10}  {}",
-        "INSTANCE", "HOST", "APPLIED", "STATE", "GENERATION", "HEARTBEAT"
-    );
+    let header = [
+        "INSTANCE",
+        "HOST",
+        "APPLIED",
+        "STATE",
+        "GENERATION",
+        "HEARTBEAT",
+    ];
+    println!("{}", columns(header.map(str::to_owned)));
     for row in rows {
-        println!(
-            "{:<24} {:<16} {:>8} {:<9} {:>10}  {}",
-            text(&row["instance"]),
-            text(&row["host"]),
-            text(&row["applied"]),
-            text(&row["state"]),
-            text(&row["generation"]),
-            text(&row["heartbeat_at"])
-        );
+        let cells = [
+            "instance",
+            "host",
+            "applied",
+            "state",
+            "generation",
+            "heartbeat_at",
+        ];
+        println!("{}", columns(cells.map(|cell| text(&row[cell]))));
         if let Some(error) = row["error"].as_str() {
             println!("    {error}");
         }
@@ -170,6 +175,11 @@ fn push(file: &Path, message: Option<String>, admin: &Admin) -> anyhow::Result<E
         (0, _) => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     })
+}
+
+/// One line of the status table.
+fn columns([instance, host, applied, state, generation, heartbeat]: [String; 6]) -> String {
+    format!("{instance:<24} {host:<16} {applied:>8} {state:<9} {generation:>10}  {heartbeat}")
 }
 
 /// Prints a refused request's answer; exit 1.
