@@ -1,5 +1,5 @@
 //! The `kiln` command: serve the demo app with a config file, validate a
-//! config file, or ask a running server to reload.
+//! config file, or ask a running server to reload or restart.
 
 mod fleet;
 mod notes;
@@ -64,6 +64,25 @@ enum Command {
         #[command(subcommand)]
         command: fleet::FleetCommand,
     },
+    /// Restart a running server with no request lost: a new process (the
+    /// binary on disk now, same arguments) warms while the old one serves,
+    /// takes over the listening sockets, and the old one drains. Applies the
+    /// keys a reload cannot (server.listen, server.workers, ...) and binary
+    /// upgrades. Prints the outcome (old and new pid, generation, timings);
+    /// exits non-zero when the new process failed, which leaves the old one
+    /// serving.
+    Restart {
+        /// The admin API's address.
+        #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// The admin token, when the server has one.
+        #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How long to wait for the answer: above the server's
+        /// server.restart_timeout (default 120s).
+        #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +98,14 @@ fn main() -> ExitCode {
             _,
         ) => reload(&admin, token.as_deref(), timeout),
         (Some(Command::Fleet { command }), _) => fleet::run(command),
+        (
+            Some(Command::Restart {
+                admin,
+                token,
+                timeout,
+            }),
+            _,
+        ) => restart(&admin, token.as_deref(), timeout),
         (None, Some(config)) => serve(&config),
         (None, None) => Err(anyhow::anyhow!(
             "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"
@@ -158,6 +185,35 @@ fn reload(
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("error: reload refused ({status}); the running configuration is unchanged");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn restart(
+    admin: &str,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let runtime = control_runtime()?;
+    let (status, body) = runtime.block_on(kiln::client::request(
+        axum::http::Method::POST,
+        admin,
+        "/admin/restart",
+        token,
+        timeout,
+    ))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if status.is_success() {
+        eprintln!(
+            "restarted: pid {} -> {}, generation {}, new process serving {} ms after its start, {} ms after the request",
+            body["old_pid"], body["new_pid"], body["generation"], body["warm_ms"], body["took_ms"]
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: restart failed ({status}): {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
         Ok(ExitCode::FAILURE)
     }
 }

@@ -36,8 +36,9 @@ const MAX_SLOW: u64 = 600;
 pub(crate) struct NotesConfig {
     /// The text `GET /` answers with.
     pub(crate) greeting: String,
-    /// Serve `GET /debug/panic` (a handler that panics) and
-    /// `GET /debug/sleep?ms=N` (a handler that takes N ms).
+    /// Serve `GET /debug/panic` (a handler that panics),
+    /// `GET /debug/sleep?ms=N` (a handler that takes N ms) and
+    /// `GET /debug/stream?chunks=N&ms=M` (N lines, one every M ms).
     pub(crate) debug_routes: bool,
 }
 
@@ -116,6 +117,7 @@ impl App for Notes {
             router
                 .route("/debug/panic", get(panics))
                 .route("/debug/sleep", get(sleep))
+                .route("/debug/stream", get(stream))
         } else {
             router
         }
@@ -188,6 +190,38 @@ async fn sleep(
     tracing::info!(ms, "debug: sleeping");
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok("slept")
+}
+
+#[derive(Deserialize)]
+struct StreamParams {
+    chunks: u32,
+    ms: u64,
+}
+
+/// A response streamed as `chunks` lines `chunk N`, one every `ms`
+/// milliseconds (a slow download); logs when it starts.
+async fn stream(params: Result<Query<StreamParams>, QueryRejection>) -> Result<Response, ApiError> {
+    let Query(StreamParams { chunks, ms }) = params?;
+    if chunks > 10_000 || ms > 60_000 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "chunks must be at most 10000 and ms at most 60000".to_owned(),
+        ));
+    }
+    tracing::info!(chunks, ms, "debug: streaming");
+    let lines = futures_util::stream::unfold(0, move |n| async move {
+        if n == chunks {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(format!("chunk {n}\n")),
+            n + 1,
+        ))
+    });
+    Ok(axum::body::Body::from_stream(lines).into_response())
 }
 
 async fn create_note(

@@ -82,12 +82,13 @@ impl<A: AppConfig> Config<A> {
     /// connecting to anything; the first fault found is returned.
     pub fn validate(&self) -> Result<(), Invalid> {
         let server = &self.server;
-        if server.warm_timeout.is_zero() {
-            return Err(Invalid::new(
-                "server.warm_timeout",
-                "a duration > 0 such as \"30s\"",
-                "0s",
-            ));
+        for (key, value) in [
+            ("server.warm_timeout", server.warm_timeout),
+            ("server.restart_timeout", server.restart_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "a duration > 0 such as \"30s\"", "0s"));
+            }
         }
         for (i, path) in server.warm_requests.iter().enumerate() {
             if !path.starts_with('/') {
@@ -202,6 +203,11 @@ pub struct ServerConfig {
     /// Serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 on the same
     /// port. Restart-only.
     pub http2: bool,
+    /// How long a restart's new process may take, from its start to serving
+    /// on the listeners it took over (its whole warm-up included); past it,
+    /// it is killed and the old process keeps serving. Reloadable.
+    #[serde(with = "humantime_serde")]
+    pub restart_timeout: Duration,
 }
 
 /// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot
@@ -240,6 +246,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::ZERO,
             max_concurrent: 0,
             http2: true,
+            restart_timeout: Duration::from_secs(120),
         }
     }
 }

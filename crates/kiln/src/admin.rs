@@ -78,6 +78,7 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
     let Routes { router, doc } = Routes::new()
         .add(__path_reload, reload::<A>)
         .add(__path_rollback, rollback::<A>)
+        .add(__path_restart, restart::<A>)
         .add(__path_history, history::<A>)
         .add(__path_status, status::<A>)
         .add(__path_config, config::<A>)
@@ -410,6 +411,24 @@ async fn rollback<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
         &kiln,
         crate::history::with_peer(peer_addr(peer), kiln.rollback()).await,
     )
+}
+
+/// `POST /admin/restart`: a new process warms, takes over the listeners and
+/// serves; this one drains. Answers once the new process serves.
+#[utoipa::path(
+    post,
+    path = "/restart",
+    responses(
+        (status = 200, description = "The new process serves (`old_pid`, `new_pid`, `generation`, `warm_ms`, `took_ms`); this one drains.", body = Object),
+        (status = 409, description = "A restart is already in flight, or kiln is embedded in an app (no process of its own to restart).", body = ErrorBody),
+        (status = 503, description = "The new process failed (invalid configuration, a resource that did not warm, a crash, or no answer within `server.restart_timeout`) and this one keeps serving, its listeners untouched; `log` holds the new process's last log lines. Or the server is draining.", body = ErrorBody),
+    )
+)]
+async fn restart<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    match kiln.restart().await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(e) => e.at(kiln.current().id()).into_response(),
+    }
 }
 
 /// `PATCH /admin/config`: a JSON merge patch, optionally `If-Match`.

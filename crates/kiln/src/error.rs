@@ -159,7 +159,10 @@ pub enum ReloadError {
     #[error(transparent)]
     Invalid(#[from] ConfigError),
     /// The new configuration changes keys that need a restart.
-    #[error("these keys need a restart to change: {}", keys.join(", "))]
+    #[error(
+        "these keys need a restart to change: {}; `kiln restart` (POST /admin/restart, SIGUSR2) applies them without dropping a request",
+        keys.join(", ")
+    )]
     RestartRequired {
         /// The key paths, in [`RESTART_KEYS`](crate::config::RESTART_KEYS) order.
         keys: Vec<&'static str>,
@@ -313,6 +316,12 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// With a failed restart's new process's last log lines.
+    pub(crate) fn with_log(mut self, log: Vec<String>) -> Self {
+        self.body.log = Some(log);
+        self
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -342,6 +351,9 @@ pub(crate) struct ErrorBody {
     /// The environment variable that overrides `key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     variable: Option<String>,
+    /// A failed restart's new process's last log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<Vec<String>>,
 }
 
 impl ErrorBody {
@@ -353,6 +365,7 @@ impl ErrorBody {
             keys: None,
             resource: None,
             variable: None,
+            log: None,
         }
     }
 }

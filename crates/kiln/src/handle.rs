@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -16,13 +16,14 @@ use tokio::sync::watch;
 
 use crate::error::{catch_panic, panicked};
 use crate::generation::build_generation;
-use crate::history::History;
+use crate::history::{History, HistoryEntry};
 use crate::http::{ConnService, warm_requests};
 use crate::resource::Registry;
+use crate::server::restart::Restarter;
 use crate::service::{GenerationService, Readiness, WorkerApp};
 use crate::source::Source;
 use crate::systemd::Notifier;
-use crate::{App, BoxError, BuildError, Generation, Resource, StartError};
+use crate::{App, BoxError, BuildError, Generation, ReloadOutcome, Resource, StartError, Trigger};
 
 /// A handle to kiln: the current generation, published through an
 /// `ArcSwap`, and the workers that serve it. Cloning is cheap.
@@ -104,7 +105,19 @@ pub(crate) struct Shared<A: App> {
     pub(crate) readiness: Arc<Readiness>,
     /// What systemd is told; silent unless kiln runs as the server.
     pub(crate) systemd: Notifier,
+    /// How this process restarts; set only when kiln runs as the server.
+    pub(crate) restarter: OnceLock<Arc<Restarter>>,
     started: Instant,
+}
+
+/// Where a restart's new process continues from: the old process's last
+/// generation, its reload history (oldest first) and its configuration
+/// document.
+#[derive(Debug)]
+pub(crate) struct Continued {
+    pub(crate) generation: u64,
+    pub(crate) history: Vec<HistoryEntry>,
+    pub(crate) config: serde_json::Value,
 }
 
 /// The attached workers. A slot holds its worker's app weakly: a worker
@@ -198,6 +211,8 @@ pub struct Status {
     /// `disconnected since <time>: <error>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_store: Option<String>,
+    /// This process's id: a restart changes it.
+    pub pid: u32,
 }
 
 /// One worker's line in [`Status`].
@@ -397,6 +412,7 @@ impl<A: App> Kiln<A> {
                     Some(error) => format!("{} since {}: {error}", health.state, health.since),
                 }
             }),
+            pid: std::process::id(),
         }
     }
 
@@ -652,16 +668,18 @@ impl<A: App> Builder<A> {
     /// A [`StartError`] naming what was invalid, or what was not ready
     /// within `server.warm_timeout`.
     pub async fn start(self, loaded: Loaded<A::Config>) -> Result<Kiln<A>, StartError> {
-        let kiln = self.start_unready(loaded).await?;
+        let kiln = self.start_unready(loaded, None).await?;
         kiln.shared.readiness.set_ready();
         Ok(kiln)
     }
 
     /// [`start`](Self::start), with readiness left off (the server turns it
-    /// on once it listens).
+    /// on once it listens); for a restart's new process, continuing the old
+    /// one's generations and history, with the restart recorded in it.
     pub(crate) async fn start_unready(
         self,
         loaded: Loaded<A::Config>,
+        continued: Option<Continued>,
     ) -> Result<Kiln<A>, StartError> {
         let base_dir = loaded
             .source
@@ -670,8 +688,22 @@ impl<A: App> Builder<A> {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let (source, fleet, loaded) = crate::source::open(loaded).await?;
-        let generation = build_generation(&self.registry, &base_dir, 1, loaded, None).await?;
+        let first = continued.as_ref().map_or(1, |c| c.generation + 1);
+        let generation = build_generation(&self.registry, &base_dir, first, loaded, None).await?;
         let state = prepare(&self.app, &generation, None).await?;
+        let history = History::default();
+        if let Some(continued) = continued {
+            history.restore(continued.history);
+            let restart = ReloadOutcome {
+                generation: first,
+                previous: continued.generation,
+                changed: kiln_config::diff(&continued.config, generation.raw()),
+                rebuilt: Vec::new(),
+                took: Duration::ZERO,
+            };
+            let capacity = generation.config().reload.history;
+            history.record(Trigger::Restart, None, &Ok(restart), capacity);
+        }
         let generation = Arc::new(generation);
         Ok(Kiln {
             shared: Arc::new(Shared {
@@ -685,9 +717,10 @@ impl<A: App> Builder<A> {
                 state: Mutex::new(state),
                 workers: Mutex::default(),
                 reload_lock: tokio::sync::Mutex::new(None),
-                history: History::default(),
+                history,
                 readiness: Arc::default(),
                 systemd: Notifier::default(),
+                restarter: OnceLock::new(),
                 started: Instant::now(),
             }),
         })

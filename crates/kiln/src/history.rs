@@ -7,19 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ReloadError, ReloadOutcome, Trigger};
 
-/// One reload attempt.
-#[derive(Clone, Debug, Serialize)]
+/// One reload attempt (or restart).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct HistoryEntry {
     /// The generation it made; `None` when it was refused (a refused
     /// attempt uses no generation id).
     pub generation: Option<u64>,
     /// When it ended (RFC 3339 in UTC, to the second, in JSON).
-    #[serde(serialize_with = "crate::json_time::rfc3339")]
+    #[serde(
+        serialize_with = "crate::json_time::rfc3339",
+        deserialize_with = "crate::json_time::parse_rfc3339"
+    )]
     pub at: SystemTime,
     /// What asked for it.
     pub trigger: Trigger,
@@ -90,6 +93,17 @@ impl History {
         while entries.len() > capacity {
             entries.pop_front();
         }
+    }
+
+    /// Puts back the attempts of a process this one restarted, oldest first.
+    pub(crate) fn restore(&self, entries: Vec<HistoryEntry>) {
+        self.0.lock().expect("history lock").extend(entries);
+    }
+
+    /// The attempts, oldest first (as a restart hands them over).
+    pub(crate) fn oldest_first(&self) -> Vec<HistoryEntry> {
+        let entries = self.0.lock().expect("history lock");
+        entries.iter().cloned().collect()
     }
 
     /// The attempts, newest first.

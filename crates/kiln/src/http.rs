@@ -303,6 +303,13 @@ pub(crate) async fn accept_loop<S: HttpService>(
     let each_stop = stop.clone();
     let deadline = loop {
         tokio::select! {
+            // Once told to stop, accept nothing more: after a restart's
+            // handover a new connection must reach the new process.
+            biased;
+            stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) } => {
+                // A dropped sender means the server is gone: stop now.
+                break stopped.ok().flatten().unwrap_or_else(Instant::now);
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
@@ -328,10 +335,6 @@ pub(crate) async fn accept_loop<S: HttpService>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) } => {
-                // A dropped sender means the server is gone: stop now.
-                break stopped.ok().flatten().unwrap_or_else(Instant::now);
-            }
         }
     };
     // Draining before the listener closes: a client that sees the port

@@ -12,6 +12,14 @@ pub(crate) fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S
     serializer.collect_str(&humantime::format_rfc3339_seconds(*at))
 }
 
+/// Reads back what [`rfc3339`] wrote (a restart hands the history over).
+pub(crate) fn parse_rfc3339<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SystemTime, D::Error> {
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+    humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+}
+
 /// Whole milliseconds, as a number.
 pub(crate) fn millis<S: Serializer>(took: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(u64::try_from(took.as_millis()).unwrap_or(u64::MAX))

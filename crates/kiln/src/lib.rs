@@ -119,6 +119,7 @@ pub use crate::history::HistoryEntry;
 pub use crate::keyed::{KeyContext, Keyed, KeyedApp, KeyedInstances};
 pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;
+pub use crate::server::restart::{RestartError, RestartOutcome};
 pub use crate::server::serve;
 pub use crate::service::{GENERATION_HEADER, GenerationBody, GenerationService, ResponseFuture};
 /// kiln's configuration crate, whole: the `[server]`, `[pools.NAME]`, …

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_config::{FileFormat, PatchError};
 use kiln_resources::{ErrorChain, Pool};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::generation::build_generation;
@@ -18,7 +18,7 @@ use crate::source::Source;
 use crate::{App, Generation, Kiln, ReloadError};
 
 /// What asked for a reload; logged with its outcome and kept in history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Trigger {
@@ -38,6 +38,9 @@ pub enum Trigger {
     Fleet,
     /// `POST /admin/fleet/publish` or `/admin/fleet/rollback`.
     Publish,
+    /// A restart: a new process took over with this generation
+    /// ([`Kiln::restart`], `POST /admin/restart`, SIGUSR2).
+    Restart,
 }
 
 impl fmt::Display for Trigger {
@@ -51,6 +54,7 @@ impl fmt::Display for Trigger {
             Self::Api => "api",
             Self::Fleet => "fleet",
             Self::Publish => "publish",
+            Self::Restart => "restart",
         })
     }
 }

@@ -1,11 +1,16 @@
-//! The start-up path and the life of the server: warm everything, then bind,
-//! then serve until SIGTERM/SIGINT, reloading on SIGHUP, then drain within
-//! one deadline.
+//! The start-up path and the life of the server: warm everything, then bind
+//! (or take over a restarting process's listeners), then serve until
+//! SIGTERM/SIGINT or until a restart's new process takes over, reloading on
+//! SIGHUP and restarting on SIGUSR2, then drain within one deadline.
 
 mod drain;
+mod handoff;
 mod listeners;
+pub(crate) mod restart;
 mod workers;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_config::Loaded;
@@ -13,9 +18,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use self::drain::drain;
-use self::listeners::{bind_and_hand_out, serve_admin};
-use self::workers::{start_workers, wait_warm};
+use self::handoff::{Message, Successor};
+use self::listeners::{Bound, bind_and_hand_out, serve_admin};
+use self::restart::{Restarter, Sockets};
+use self::workers::{WorkerHandle, start_workers, wait_warm};
+use crate::handle::Continued;
 use crate::{App, Builder, Kiln, ServeError, StartError, Trigger};
+
+/// Why the drain begins when a restart's new process has taken over.
+const HANDED_OVER: &str = "restart";
 
 /// When the drain ends; `None` until it begins.
 type Stop = watch::Receiver<Option<tokio::time::Instant>>;
@@ -58,17 +69,108 @@ pub(crate) async fn serve_with<A: App>(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     let mut signals = Signals::register()?;
+    let (exe, args) = restart::invocation().map_err(io("cannot tell this program's path"))?;
+    let successor = Successor::from_env()
+        .map_err(io("restart handoff"))?
+        .map(Arc::new);
     let server = loaded.config.server.clone();
-    let admin_listen = loaded.config.admin.listen;
     tracing::info!(
         source = %loaded.source.display(),
         workers = server.worker_count(),
         pools = loaded.config.pools.len(),
+        restarted_from = successor.as_ref().map(|s| s.old_pid),
         "Starting kiln: warming before binding"
     );
+    let start = start(builder, loaded, &mut signals, started, successor.clone()).await;
+    let Started {
+        kiln,
+        stop,
+        workers,
+        admin,
+        main_addr,
+        admin_addr,
+        sockets,
+    } = match start {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(successor) = &successor {
+                successor.fail(&e);
+            }
+            return Err(e.into());
+        }
+    };
+    let restarter = Arc::new(Restarter::new(exe, args, sockets));
+    kiln.shared
+        .restarter
+        .set(restarter.clone())
+        .expect("one server per kiln");
 
+    tokio::spawn(kiln.clone().watch());
+    kiln.shared.readiness.set_ready();
+    tracing::info!(
+        "ready: {} workers, {} resources warm in {} ms; listening on {main_addr}, admin on {admin_addr}",
+        workers.len(),
+        kiln.current().pools().len(),
+        started.elapsed().as_millis()
+    );
+    if let Some(successor) = successor {
+        let serving = Message::Serving {
+            generation: kiln.current().id(),
+            main: main_addr,
+            admin: admin_addr,
+            warm_ms: started.elapsed().as_millis() as u64,
+        };
+        // systemd must know this process as the main one before READY=1.
+        let committed = tokio::task::spawn_blocking(move || successor.serving(&serving)).await;
+        match committed {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!("The old process ended before it confirmed the handoff")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "The handoff's confirmation failed"),
+            Err(e) => tracing::warn!(error = %e, "The handoff's confirmation panicked"),
+        }
+    }
+    kiln.shared.systemd.ready(&format!(
+        "generation {}; listening on {main_addr}, admin on {admin_addr}",
+        kiln.current().id()
+    ));
+    crate::systemd::spawn_watchdog();
+
+    let signal = signals.serve_until_stopped(&kiln, &restarter).await;
+    drain(&kiln, signal, stop, workers, admin, &restarter).await
+}
+
+/// A server that has started: warm, bound, its admin API served.
+struct Started<A: App> {
+    kiln: Kiln<A>,
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+    workers: Vec<WorkerHandle>,
+    admin: tokio::task::JoinHandle<usize>,
+    main_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    sockets: Sockets,
+}
+
+/// Start-up short of readiness: warm every pool, resource and worker, then
+/// bind (or, for a restart's new process, take over the old one's
+/// listeners and bind only new addresses) and serve the admin API.
+async fn start<A: App>(
+    builder: Builder<A>,
+    loaded: Loaded<A::Config>,
+    signals: &mut Signals,
+    started: Instant,
+    successor: Option<Arc<Successor>>,
+) -> Result<Started<A>, StartError> {
+    let server = loaded.config.server.clone();
+    let admin_listen = loaded.config.admin.listen;
+    let continued = successor.as_deref().map(|s| Continued {
+        generation: s.generation,
+        history: s.history.clone(),
+        config: s.config.clone(),
+    });
     let kiln = signals
-        .unless_stopped("warming pools", builder.start_unready(loaded))
+        .unless_stopped("warming pools", builder.start_unready(loaded, continued))
         .await??;
     let (stop, stopped) = watch::channel(None);
     let mut workers = start_workers(&kiln, &stopped, &server)?;
@@ -79,32 +181,45 @@ pub(crate) async fn serve_with<A: App>(
             wait_warm(&mut workers, warm_deadline, server.warm_timeout),
         )
         .await??;
-    let (main_addr, admin) = bind_and_hand_out(&server, admin_listen, &mut workers)?;
+    let inherited = match successor {
+        Some(successor) => {
+            let taken = tokio::task::spawn_blocking(move || successor.take_sockets()).await;
+            let inherited = taken
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                .map_err(io("taking over the old process's listeners"))?;
+            if inherited.is_none() {
+                tracing::warn!(
+                    "The old process ended before it handed over its listeners: binding them anew"
+                );
+            }
+            inherited
+        }
+        None => None,
+    };
+    let Bound {
+        main_addr,
+        admin,
+        sockets,
+    } = bind_and_hand_out(&server, admin_listen, &mut workers, inherited)?;
     let admin_addr = admin.local_addr().map_err(io("admin listener"))?;
     let admin = serve_admin(&kiln, admin, stopped, &server)?;
-
-    tokio::spawn(kiln.clone().watch());
-    kiln.shared.readiness.set_ready();
-    tracing::info!(
-        "ready: {} workers, {} resources warm in {} ms; listening on {main_addr}, admin on {admin_addr}",
-        workers.len(),
-        kiln.current().pools().len(),
-        started.elapsed().as_millis()
-    );
-    kiln.shared.systemd.ready(&format!(
-        "generation {}; listening on {main_addr}, admin on {admin_addr}",
-        kiln.current().id()
-    ));
-    crate::systemd::spawn_watchdog();
-
-    let signal = signals.serve_until_stopped(&kiln).await;
-    drain(&kiln, signal, stop, workers, admin).await
+    Ok(Started {
+        kiln,
+        stop,
+        workers,
+        admin,
+        main_addr,
+        admin_addr,
+        sockets,
+    })
 }
 
-/// SIGHUP (reload), SIGTERM and SIGINT (drain), taken over before anything
-/// else so that none of them kills the process with its default action.
+/// SIGHUP (reload), SIGUSR2 (restart), SIGTERM and SIGINT (drain), taken
+/// over before anything else so that none of them kills the process with
+/// its default action.
 struct Signals {
     hangup: Signal,
+    user2: Signal,
     terminate: Signal,
     interrupt: Signal,
 }
@@ -113,6 +228,7 @@ impl Signals {
     fn register() -> Result<Self, StartError> {
         Ok(Self {
             hangup: signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?,
+            user2: signal(SignalKind::user_defined2()).map_err(io("cannot handle SIGUSR2"))?,
             terminate: signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?,
             interrupt: signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?,
         })
@@ -139,15 +255,27 @@ impl Signals {
         }
     }
 
-    /// Reloads on every SIGHUP until SIGTERM or SIGINT, whose name it returns.
-    async fn serve_until_stopped<A: App>(&mut self, kiln: &Kiln<A>) -> &'static str {
+    /// Reloads on every SIGHUP and restarts on every SIGUSR2 until SIGTERM
+    /// or SIGINT, whose name it returns, or until a restart's new process
+    /// has taken over (`restart`).
+    async fn serve_until_stopped<A: App>(
+        &mut self,
+        kiln: &Kiln<A>,
+        restarter: &Restarter,
+    ) -> &'static str {
         loop {
+            // Off the signal loop, so that SIGTERM is heard during a long reload.
             tokio::select! {
                 signal = first_stop(&mut self.terminate, &mut self.interrupt) => return signal,
+                _ = restarter.handed_over() => return HANDED_OVER,
                 _ = self.hangup.recv() => {
-                    // Off the signal loop, so that SIGTERM is heard during a long reload.
                     let kiln = kiln.clone();
                     tokio::spawn(async move { kiln.reload(Trigger::Signal).await });
+                }
+                _ = self.user2.recv() => {
+                    // The outcome is logged; a signal has no one to answer.
+                    let kiln = kiln.clone();
+                    tokio::spawn(async move { kiln.restart().await });
                 }
             }
         }

@@ -5,6 +5,12 @@
 //! systemd ≥ 253) then `READY=1` around every reload, whatever its outcome;
 //! `STOPPING=1` when the drain begins, after which nothing else is sent;
 //! `STATUS=` with the generation; `WATCHDOG=1` every half `WATCHDOG_USEC`.
+//!
+//! A restart: `RELOADING=1` with `MONOTONIC_USEC` from the old process, then
+//! `MAINPID=<new>` once the new one serves, after which the old one sends
+//! nothing (not even `STOPPING=1`: the service is not stopping); the new
+//! one sends `READY=1` only after that. A failed restart ends with
+//! `READY=1` from the old process.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,6 +25,8 @@ enum Phase {
     Silent,
     Serving,
     Stopping,
+    /// A restart's new process is the main one now.
+    HandedOver,
 }
 
 /// Sends the server's state changes to systemd. The lock orders them: a
@@ -59,6 +67,34 @@ impl Notifier {
                 format!("generation {generation}")
             };
             send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
+    }
+
+    /// A restart failed: this process serves `generation` on (and is the
+    /// main process again if it had handed over).
+    pub(crate) fn restart_failed(&self, generation: u64) {
+        let mut phase = self.phase.lock().expect("notifier lock");
+        let status = format!("generation {generation} (the last restart failed; see the log)");
+        match *phase {
+            Phase::Serving => send(&[NotifyState::Ready, NotifyState::Status(&status)]),
+            Phase::HandedOver => {
+                *phase = Phase::Serving;
+                send(&[
+                    NotifyState::MainPid(std::process::id()),
+                    NotifyState::Ready,
+                    NotifyState::Status(&status),
+                ]);
+            }
+            Phase::Silent | Phase::Stopping => {}
+        }
+    }
+
+    /// A restart's new process (`pid`) serves: it is the main process from
+    /// now on, and this one sends nothing more.
+    pub(crate) fn handed_over(&self, pid: u32) {
+        let mut phase = self.phase.lock().expect("notifier lock");
+        if std::mem::replace(&mut *phase, Phase::HandedOver) == Phase::Serving {
+            send(&[NotifyState::MainPid(pid)]);
         }
     }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::HANDED_OVER;
+use super::restart::Restarter;
 use super::workers::WorkerHandle;
 use crate::{App, Kiln, ServeError};
 
@@ -15,12 +17,15 @@ const JOIN_MARGIN: Duration = Duration::from_secs(1);
 /// Drains after `signal`: readiness off, `drain_delay` of serving as usual,
 /// then one deadline (`shutdown_grace` from then) for the workers' requests
 /// and blocking work, the admin listener, the thread joins and the pools.
+/// After a restart ([`HANDED_OVER`]) there is no `drain_delay`: the new
+/// process already accepts on the same sockets.
 pub(super) async fn drain<A: App>(
     kiln: &Kiln<A>,
     signal: &'static str,
     stop: watch::Sender<Option<tokio::time::Instant>>,
     workers: Vec<WorkerHandle>,
     admin: tokio::task::JoinHandle<usize>,
+    restarter: &Restarter,
 ) -> Result<(), ServeError> {
     // The current generation's values: a reload may have changed them.
     let server = kiln.current().config().server.clone();
@@ -33,12 +38,13 @@ pub(super) async fn drain<A: App>(
     );
     kiln.shared.systemd.stopping();
     kiln.shared.readiness.set_draining();
-    if !server.drain_delay.is_zero() {
+    if signal != HANDED_OVER && !server.drain_delay.is_zero() {
         tokio::time::sleep(server.drain_delay).await;
         tracing::info!("Drain delay over: closing the listeners");
     }
     let deadline = tokio::time::Instant::now() + grace;
     stop.send_replace(Some(deadline));
+    restarter.release();
 
     let mut cut = 0;
     let mut failed = None;

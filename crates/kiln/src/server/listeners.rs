@@ -1,8 +1,9 @@
-//! The listeners, bound only once everything is warm: the main one shared
-//! by (or, with `reuse_port`, one per) worker, and the admin one served on
-//! the control runtime.
+//! The listeners, bound (or taken over from a restarting process) only once
+//! everything is warm: the main one shared by (or, with `reuse_port`, one
+//! per) worker, and the admin one served on the control runtime.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use axum::Extension;
@@ -12,6 +13,8 @@ use kiln_config::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 use tower::Layer;
 
+use super::handoff::Inherited;
+use super::restart::Sockets;
 use super::workers::WorkerHandle;
 use super::{Stop, io};
 use crate::http::{ConnOptions, accept_loop};
@@ -21,47 +24,108 @@ use crate::{App, Kiln, StartError};
 /// is off: the admin port is never behind the proxy that turned it off.
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Binds the main and admin listeners (everything is warm by now) and hands
-/// each worker its share of the main one. Shared: every worker accepts on a
-/// clone of one socket (the last gets the original). `reuse_port`: the
-/// first gets it, each other its own socket on the same address (the port
-/// resolved, if it was 0). Returns the main address and the admin listener.
+/// The listeners, bound or taken over.
+pub(super) struct Bound {
+    /// The main listener's address.
+    pub(super) main_addr: SocketAddr,
+    /// The admin listener.
+    pub(super) admin: std::net::TcpListener,
+    /// Copies of them all, for a later restart to hand over.
+    pub(super) sockets: Sockets,
+}
+
+/// Binds the main and admin listeners (everything is warm by now), or takes
+/// over those a restart `inherited` whose configured address is unchanged,
+/// and hands each worker its share of the main ones. Without `reuse_port`
+/// every worker accepts on (a copy of) every main socket; with it, each
+/// gets a socket of its own on the same address (the port resolved, if it
+/// was 0). Sockets a restart inherited are never closed here while their
+/// address stays: their queued connections would be reset. An inherited
+/// socket beyond the worker count is shared by the workers instead.
 pub(super) fn bind_and_hand_out(
     server: &ServerConfig,
     admin_listen: SocketAddr,
     workers: &mut [WorkerHandle],
-) -> Result<(SocketAddr, std::net::TcpListener), StartError> {
-    let main = bind(server.listen, server.reuse_port).map_err(|source| StartError::Bind {
-        key: "server.listen",
-        addr: server.listen,
-        source,
-    })?;
-    let admin = bind(admin_listen, false).map_err(|source| StartError::Bind {
-        key: "admin.listen",
-        addr: admin_listen,
-        source,
-    })?;
-    let main_addr = main.local_addr().map_err(io("main listener"))?;
-    let count = workers.len();
-    let mut main = Some(main);
-    for (id, worker) in workers.iter_mut().enumerate() {
-        let listener = if server.reuse_port && id > 0 {
-            bind(main_addr, true).map_err(|source| StartError::Bind {
-                key: "server.listen",
-                addr: main_addr,
-                source,
-            })?
-        } else if server.reuse_port || id + 1 == count {
-            main.take().expect("taken once")
-        } else {
-            main.as_ref()
-                .expect("kept for the last worker")
-                .try_clone()
-                .map_err(io("cannot share the main listener"))?
-        };
-        worker.hand(listener);
+    inherited: Option<Inherited>,
+) -> Result<Bound, StartError> {
+    let bind_error = |key, addr| move |source| StartError::Bind { key, addr, source };
+    let (main, admin) = match inherited {
+        Some(inherited) => {
+            let main = if inherited.main_listen == server.listen {
+                inherited.main
+            } else {
+                Vec::new() // moved: the old process closes the old address
+            };
+            let admin = (inherited.admin_listen == admin_listen).then_some(inherited.admin);
+            (main, admin)
+        }
+        None => (Vec::new(), None),
+    };
+    let mut main = match main.is_empty() {
+        true => vec![
+            bind(server.listen, server.reuse_port)
+                .map_err(bind_error("server.listen", server.listen))?,
+        ],
+        false => main,
+    };
+    let admin = match admin {
+        Some(admin) => admin,
+        None => bind(admin_listen, false).map_err(bind_error("admin.listen", admin_listen))?,
+    };
+    let main_addr = main[0].local_addr().map_err(io("main listener"))?;
+    if server.reuse_port {
+        while main.len() < workers.len() {
+            match bind(main_addr, true) {
+                Ok(socket) => main.push(socket),
+                // An inherited socket without SO_REUSEPORT holds the port:
+                // the workers share what there is.
+                Err(e) if !main.is_empty() && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(
+                        "server.reuse_port: the listener taken over from the old process does not have SO_REUSEPORT; the workers share it until the address changes"
+                    );
+                    break;
+                }
+                Err(e) => return Err(bind_error("server.listen", main_addr)(e)),
+            }
+        }
     }
-    Ok((main_addr, admin))
+    let sockets = Sockets {
+        main: main
+            .iter()
+            .map(|socket| socket.try_clone().map(OwnedFd::from))
+            .collect::<Result<_, _>>()
+            .map_err(io("cannot copy the main listener"))?,
+        admin: admin
+            .try_clone()
+            .map(OwnedFd::from)
+            .map_err(io("cannot copy the admin listener"))?,
+    };
+    let count = workers.len();
+    let mut shares: Vec<Vec<std::net::TcpListener>> = (0..count).map(|_| Vec::new()).collect();
+    if server.reuse_port && main.len() >= count {
+        // One each; any beyond the worker count shared round the workers.
+        for (i, socket) in main.into_iter().enumerate() {
+            shares[i % count].push(socket);
+        }
+    } else {
+        for share in &mut shares {
+            for socket in &main {
+                share.push(
+                    socket
+                        .try_clone()
+                        .map_err(io("cannot share the main listener"))?,
+                );
+            }
+        }
+    }
+    for (worker, share) in workers.iter_mut().zip(shares) {
+        worker.hand(share);
+    }
+    Ok(Bound {
+        main_addr,
+        admin,
+        sockets,
+    })
 }
 
 /// Serves the admin API on `listener` on this (the control) runtime, with

@@ -18,8 +18,8 @@ pub(super) struct WorkerHandle {
     thread: JoinHandle<()>,
     /// Whether its app built and warmed.
     ready: oneshot::Receiver<Result<(), BuildError>>,
-    /// Its share of the main listener, sent once everything is warm.
-    listener: Option<oneshot::Sender<std::net::TcpListener>>,
+    /// Its share of the main listeners, sent once everything is warm.
+    listener: Option<oneshot::Sender<Vec<std::net::TcpListener>>>,
     /// How many connections the grace cut; dropped unsent if it panicked.
     done: oneshot::Receiver<usize>,
 }
@@ -67,8 +67,8 @@ pub(super) async fn wait_warm(
 }
 
 impl WorkerHandle {
-    /// Hands the worker its share of the main listener.
-    pub(super) fn hand(&mut self, listener: std::net::TcpListener) {
+    /// Hands the worker its share of the main listeners.
+    pub(super) fn hand(&mut self, listener: Vec<std::net::TcpListener>) {
         if let Some(sender) = self.listener.take() {
             // A worker that died after warming is noticed when the drain waits for it.
             let _ = sender.send(listener);
@@ -107,7 +107,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 
 /// Starts worker `id` on its own thread and current-thread runtime. It
 /// attaches to `kiln` (building and warming its app there), reports on
-/// `ready`, waits for its share of the listener, then serves until `stop`
+/// `ready`, waits for its share of the listeners, then serves until `stop`
 /// holds a deadline. Blocking work still running at the deadline is
 /// abandoned with the runtime.
 fn spawn_worker<A: App>(
@@ -151,7 +151,7 @@ async fn run_worker<A: App>(
     id: usize,
     kiln: Kiln<A>,
     ready: oneshot::Sender<Result<(), BuildError>>,
-    listener: oneshot::Receiver<std::net::TcpListener>,
+    listener: oneshot::Receiver<Vec<std::net::TcpListener>>,
     stop: Stop,
     options: ConnOptions,
 ) -> usize {
@@ -169,14 +169,24 @@ async fn run_worker<A: App>(
         "Worker warm"
     );
     let _ = ready.send(Ok(()));
-    let Ok(listener) = listener.await else {
+    let Ok(listeners) = listener.await else {
         return 0; // start-up failed elsewhere
     };
-    match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => {
+    let listeners = listeners
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>();
+    match listeners {
+        Ok(listeners) => {
             let service = worker.service();
             let each = |_, conn: &_| ConnService::new(service.clone(), conn);
-            accept_loop(listener, each, stop, &options).await
+            let loops = listeners
+                .into_iter()
+                .map(|listener| accept_loop(listener, &each, stop.clone(), &options));
+            futures_util::future::join_all(loops)
+                .await
+                .into_iter()
+                .sum()
         }
         Err(e) => {
             tracing::error!(worker = id, error = %e, "Worker cannot use the listener");
