@@ -303,6 +303,10 @@ fn restart_only_keys_are_rejected_with_409() {
         ["server.workers"],
         "{body}"
     );
+    assert!(
+        error_of(&body).contains("`kiln restart`"),
+        "the refusal says what applies them: {body}"
+    );
 
     let (main, admin) = util::free_addr_pair();
     let all = workers.listen_on(main, admin);
@@ -340,6 +344,7 @@ fn status_and_config_describe_the_live_generation() {
     );
     assert!(s["uptime_s"].is_u64(), "uptime_s: {s}");
     assert_eq!(s["draining"], json!(false), "{s}");
+    assert_eq!(s["pid"], json!(server.pid()), "{s}");
     let workers = s["workers"]
         .as_array()
         .unwrap_or_else(|| panic!("workers: {s}"));

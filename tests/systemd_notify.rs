@@ -16,9 +16,9 @@ use crate::util::{Config, Server, Site, agent, call, free_addr};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A stand-in for systemd's notification socket.
-struct FakeSystemd {
+pub(crate) struct FakeSystemd {
     socket: UnixDatagram,
-    path: String,
+    pub(crate) path: String,
     /// Messages other than watchdog pings, received but not yet taken.
     pending: VecDeque<Vec<String>>,
     watchdog_pings: usize,
@@ -26,7 +26,7 @@ struct FakeSystemd {
 }
 
 impl FakeSystemd {
-    fn bind() -> FakeSystemd {
+    pub(crate) fn bind() -> FakeSystemd {
         let dir = tempfile::Builder::new()
             .prefix("kiln-notify-")
             .tempdir()
@@ -61,13 +61,30 @@ impl FakeSystemd {
     }
 
     /// The next message that is not a watchdog ping, as its lines.
-    fn next(&mut self, what: &str) -> Vec<String> {
+    pub(crate) fn next(&mut self, what: &str) -> Vec<String> {
         loop {
             if let Some(message) = self.pending.pop_front() {
                 return message;
             }
             self.receive(what);
         }
+    }
+
+    /// Fails on any message other than a watchdog ping that arrived and was
+    /// not taken.
+    pub(crate) fn expect_silence(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]);
+            assert_eq!(message, "WATCHDOG=1\n", "an unexpected notification");
+        }
+        self.socket.set_nonblocking(false).unwrap();
+        assert!(
+            self.pending.is_empty(),
+            "unexpected notifications: {:?}",
+            self.pending
+        );
     }
 
     /// Waits until `count` watchdog pings have arrived in all.
@@ -79,7 +96,7 @@ impl FakeSystemd {
 }
 
 /// The value of `KEY=` in a message.
-fn field<'a>(message: &'a [String], key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(message: &'a [String], key: &str) -> Option<&'a str> {
     message
         .iter()
         .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))

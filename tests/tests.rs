@@ -26,6 +26,7 @@ mod protocol;
 mod reload_admin;
 mod reload_answers;
 mod reload_under_load;
+mod restart;
 mod rollback_history;
 mod signals;
 mod startup_fails;

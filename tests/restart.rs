@@ -1,0 +1,553 @@
+//! Zero-downtime restarts of the real binary (`kiln restart`,
+//! `POST /admin/restart`, SIGUSR2): under keep-alive and
+//! connection-per-request load no request fails and traffic moves to the
+//! new process; restart-only keys (`server.workers`, `server.listen`) apply;
+//! a streaming response spanning the handoff completes; a new process that
+//! fails (invalid configuration, a pool that cannot warm, a hang) leaves the
+//! old one serving with its listeners; one restart at a time; no file
+//! descriptor grows; systemd hears `RELOADING=1`, `MAINPID=<new>`, `READY=1`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::systemd_notify::{FakeSystemd, field};
+use crate::util::{self, Config, PgProxy, READY_TIMEOUT, Reply, Server};
+
+/// Restarts in a row: enough to show that nothing accumulates, few enough
+/// for a 2-core CI.
+const RESTARTS: u64 = 5;
+/// How long a restart's effects may take to show.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The processes restarts started. They are not the test's children: they
+/// are killed here when the test ends, whatever its outcome.
+#[derive(Default)]
+struct Successors(Vec<u32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// An admin call on a connection of its own: a kept-alive one could still
+/// reach the process that handed over.
+fn admin(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    let body = (method == "POST").then_some("");
+    util::call(
+        &util::agent(),
+        method,
+        &format!("http://{addr}{path}"),
+        &[],
+        body,
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn status(addr: SocketAddr) -> Value {
+    let reply = admin(addr, "GET", "/admin/status");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()
+}
+
+/// Waits until `/admin/status` is answered by process `pid`.
+fn wait_for_pid(addr: SocketAddr, pid: u64) -> Value {
+    let mut last = Value::Null;
+    util::wait_until(WAIT, &format!("pid {pid} in /admin/status"), || {
+        last = status(addr);
+        last["pid"].as_u64() == Some(pid)
+    });
+    last
+}
+
+/// `kiln restart --admin …`, its exit status and the JSON it printed.
+fn cli_restart(admin: SocketAddr) -> (bool, Value, String) {
+    let out =
+        util::run(util::kiln_command().args(["restart", "--admin", &format!("http://{admin}")]));
+    let body = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("kiln restart printed no JSON ({e}): {out:?}"));
+    (out.status.success(), body, out.stderr)
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// What process `pid` has open: each descriptor and what it refers to.
+fn open_files(pid: u64) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(Result::ok)
+        .map(|fd| {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                fd.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect()
+}
+
+fn fd_count(pid: u64) -> usize {
+    open_files(pid).len()
+}
+
+/// What process `pid` has open once start-up's background work is done: the
+/// configuration file's watch opens its inotify descriptor just after
+/// `ready:`.
+fn settled_files(pid: u64) -> BTreeSet<String> {
+    let mut files = BTreeSet::new();
+    util::wait_until(WAIT, &format!("pid {pid}'s file watch"), || {
+        files = open_files(pid);
+        files.iter().any(|file| file.contains("inotify"))
+    });
+    files
+}
+
+/// Clients requesting a URL until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<(Arc<AtomicU64>, JoinHandle<Seen>)>,
+    served: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Seen {
+    generations: BTreeSet<u64>,
+    failures: Vec<String>,
+}
+
+impl Load {
+    /// `keep_alive` clients on one connection each, `per_request` clients
+    /// opening a connection for every request.
+    fn start(url: &str, keep_alive: usize, per_request: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let clients = (0..keep_alive + per_request)
+            .map(|i| {
+                let (url, stop, served) = (url.to_owned(), stop.clone(), served.clone());
+                let last = Arc::new(AtomicU64::new(0));
+                let seen_last = last.clone();
+                let reuse = i < keep_alive;
+                let client = thread::spawn(move || {
+                    let mut seen = Seen::default();
+                    let mut agent = util::agent();
+                    while !stop.load(SeqCst) {
+                        if !reuse {
+                            agent = util::agent();
+                        }
+                        match util::call(&agent, "GET", &url, &[], None) {
+                            Ok(reply) if reply.status == 200 => {
+                                let generation = reply.generation();
+                                seen.generations.insert(generation);
+                                seen_last.store(generation, SeqCst);
+                                served.fetch_add(1, SeqCst);
+                            }
+                            Ok(reply) => seen.failures.push(format!("{reply:?}")),
+                            Err(e) => seen.failures.push(e.to_string()),
+                        }
+                    }
+                    seen
+                });
+                (last, client)
+            })
+            .collect();
+        Load {
+            stop,
+            clients,
+            served,
+        }
+    }
+
+    /// Waits until every client has been served by `generation`.
+    fn wait_for(&self, generation: u64) {
+        util::wait_until(
+            WAIT,
+            &format!("every client to be served by generation {generation}"),
+            || {
+                self.clients
+                    .iter()
+                    .all(|(last, _)| last.load(SeqCst) >= generation)
+            },
+        );
+    }
+
+    fn finish(mut self) -> (usize, Vec<Seen>) {
+        self.stop.store(true, SeqCst);
+        let seen = std::mem::take(&mut self.clients)
+            .into_iter()
+            .map(|(_, c)| c.join().expect("a client panicked"))
+            .collect();
+        (self.served.load(SeqCst), seen)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+    }
+}
+
+#[test]
+fn restarts_under_load_lose_no_request() {
+    let config = |workers: &str, greeting: &str| {
+        Config::sqlite()
+            .set("server.workers", workers)
+            .set("app.debug_routes", "true")
+            .greeting(greeting)
+            .render()
+    };
+    let server = Server::start(&config("1", "v0"));
+    let admin_addr = server.admin_addr();
+    let mut successors = Successors::default();
+
+    // A streaming response that spans the first handoff.
+    let stream_url = server.url("/debug/stream?chunks=30&ms=100");
+    let stream = thread::spawn(move || util::call(&util::agent(), "GET", &stream_url, &[], None));
+    server
+        .stderr
+        .wait_for(0, "debug: streaming", READY_TIMEOUT)
+        .expect("the stream starts");
+
+    let load = Load::start(&server.url("/"), 2, 2);
+    load.wait_for(1);
+    let mut pid = u64::from(server.pid());
+    for k in 1..=RESTARTS {
+        if k == 1 {
+            // Restart-only: a reload would refuse it.
+            server.site.write_config(&config("2", "v1"));
+        }
+        let new_pid = match k {
+            1 => {
+                let (ok, answer, stderr) = cli_restart(admin_addr);
+                assert!(ok, "kiln restart failed: {answer}\n{stderr}");
+                assert!(stderr.contains("restarted: pid"), "{stderr}");
+                assert_eq!(answer["old_pid"].as_u64(), Some(pid), "{answer}");
+                assert_eq!(answer["generation"].as_u64(), Some(k + 1), "{answer}");
+                assert_eq!(answer["previous"].as_u64(), Some(k), "{answer}");
+                answer["new_pid"].as_u64().expect("new_pid")
+            }
+            RESTARTS => {
+                // SIGUSR2: nobody to answer, the status tells.
+                let sent = Command::new("kill")
+                    .args(["-USR2", &pid.to_string()])
+                    .status()
+                    .expect("run kill");
+                assert!(sent.success());
+                let mut new_pid = pid;
+                util::wait_until(WAIT, "a new pid after SIGUSR2", || {
+                    new_pid = status(admin_addr)["pid"].as_u64().unwrap_or(pid);
+                    new_pid != pid
+                });
+                new_pid
+            }
+            _ => {
+                let reply = admin(admin_addr, "POST", "/admin/restart");
+                assert_eq!(reply.status, 200, "restart {k}: {reply:?}");
+                let answer = reply.json();
+                assert_eq!(answer["generation"].as_u64(), Some(k + 1), "{answer}");
+                answer["new_pid"].as_u64().expect("new_pid")
+            }
+        };
+        successors.0.push(new_pid as u32);
+        assert_ne!(new_pid, pid, "restart {k} kept the pid");
+        let status = wait_for_pid(admin_addr, new_pid);
+        assert_eq!(status["generation"].as_u64(), Some(k + 1), "{status}");
+        // Traffic moved: every client is served by the new process.
+        load.wait_for(k + 1);
+        pid = new_pid;
+    }
+    let (served, seen) = load.finish();
+
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
+    let generations: BTreeSet<u64> = seen.iter().flat_map(|s| s.generations.clone()).collect();
+    eprintln!(
+        "restart under load: {served} requests served, {} failed, {RESTARTS} restarts, generations seen {generations:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "failed requests (first 20): {:#?}",
+        failures.iter().take(20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        generations,
+        (1..=RESTARTS + 1).collect(),
+        "every process served"
+    );
+
+    let streamed = stream.join().unwrap().expect("the stream completes");
+    assert_eq!(streamed.status, 200, "{streamed:?}");
+    assert_eq!(streamed.generation(), 1, "served by the first process");
+    assert_eq!(streamed.body.lines().count(), 30, "{streamed:?}");
+
+    let status = status(admin_addr);
+    assert_eq!(
+        status["workers"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    let history = admin(admin_addr, "GET", "/admin/history").json();
+    let restarts: Vec<u64> = history
+        .as_array()
+        .expect("a history")
+        .iter()
+        .filter(|entry| entry["trigger"] == "restart")
+        .filter_map(|entry| entry["generation"].as_u64())
+        .collect();
+    assert_eq!(
+        restarts,
+        (2..=RESTARTS + 1).rev().collect::<Vec<_>>(),
+        "{history}"
+    );
+    let first = history
+        .as_array()
+        .and_then(|h| h.iter().find(|e| e["generation"] == 2))
+        .expect("the first restart's entry");
+    assert!(
+        util::json_strings(&first["changed"]).contains(&"server.workers"),
+        "{first}"
+    );
+
+    let mut server = server;
+    assert!(server.wait_exit().success(), "the first process drained");
+}
+
+#[test]
+fn a_moved_listen_applies_and_restarts_do_not_grow_fds() {
+    let server = Server::start(&Config::sqlite().render());
+    let (old_main, admin_addr) = (server.main_addr(), server.admin_addr());
+    let mut successors = Successors::default();
+
+    let moved = util::free_addr();
+    let config = Config::sqlite().set_str("server.listen", &moved.to_string());
+    server.site.write_config(&config.render());
+    let (ok, answer, stderr) = cli_restart(admin_addr);
+    assert!(ok, "{answer}\n{stderr}");
+    assert_eq!(answer["listen"], moved.to_string(), "{answer}");
+    assert_eq!(answer["admin"], admin_addr.to_string(), "{answer}");
+    let mut pid = answer["new_pid"].as_u64().expect("new_pid");
+    successors.0.push(pid as u32);
+    let reply = util::call(
+        &util::agent(),
+        "GET",
+        &format!("http://{moved}/"),
+        &[],
+        None,
+    )
+    .expect("the new address serves");
+    assert_eq!((reply.status, reply.generation()), (200, 2), "{reply:?}");
+    let mut server = server;
+    assert!(server.wait_exit().success(), "the first process drained");
+    assert_eq!(
+        util::listening_sockets(old_main.port()),
+        0,
+        "the address the configuration left is closed"
+    );
+
+    let mut baseline = None;
+    for k in 2..=RESTARTS {
+        let (ok, answer, stderr) = cli_restart(admin_addr);
+        assert!(ok, "restart {k}: {answer}\n{stderr}");
+        let new_pid = answer["new_pid"].as_u64().expect("new_pid");
+        successors.0.push(new_pid as u32);
+        util::wait_until(WAIT, &format!("pid {pid} to end"), || ended(pid));
+        pid = new_pid;
+        // Admin connections close as the answers end: wait for the count
+        // to settle at or below the first one measured.
+        match baseline {
+            None => baseline = Some(settled_files(pid).len()),
+            Some(first) => util::wait_until(
+                WAIT,
+                &format!(
+                    "pid {pid}'s open files ({}) to be at most {first}",
+                    fd_count(pid)
+                ),
+                || fd_count(pid) <= first,
+            ),
+        }
+    }
+    assert_eq!(
+        status(admin_addr)["generation"].as_u64(),
+        Some(RESTARTS + 1)
+    );
+}
+
+#[test]
+fn a_failed_restart_leaves_the_old_process_serving() {
+    let pg = util::postgres();
+    let base = || Config::sqlite().set_str("server.restart_timeout", "3s");
+    let server = Server::start(&base().render());
+    let (main, admin_addr) = (server.main_addr(), server.admin_addr());
+    let pid = u64::from(server.pid());
+    let mut successors = Successors::default();
+    let assert_still_serving = |what: &str| {
+        let reply = server.get_on_new_connection("/");
+        assert_eq!(
+            (reply.status, reply.generation()),
+            (200, 1),
+            "{what}: {reply:?}"
+        );
+        assert_eq!(status(admin_addr)["pid"].as_u64(), Some(pid), "{what}");
+        assert_eq!(util::listening_sockets(main.port()), 1, "{what}");
+        assert_eq!(util::listening_sockets(admin_addr.port()), 1, "{what}");
+    };
+
+    // An invalid configuration: the new process exits at once.
+    server
+        .site
+        .write_config(&base().set("server.workers", "\"many\"").render());
+    let (ok, answer, stderr) = cli_restart(admin_addr);
+    assert!(!ok, "{answer}");
+    assert!(
+        stderr.contains("server.workers"),
+        "the cause names the key: {stderr}"
+    );
+    assert!(
+        util::json_strings(&answer["log"])
+            .iter()
+            .any(|l| l.contains("server.workers")),
+        "the new process's last lines: {answer}"
+    );
+    assert_still_serving("invalid configuration");
+    let files_before = settled_files(pid);
+
+    // A pool that cannot warm: PostgreSQL refuses.
+    let refusing = util::ClosedPort::new();
+    let unreachable = base()
+        .set_str("pools.main.kind", "postgres")
+        .set_str("pools.main.url", &pg.url_at(&refusing.addr().to_string()));
+    server.site.write_config(&unreachable.render());
+    let reply = admin(admin_addr, "POST", "/admin/restart");
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let body = reply.json();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("main") && error.contains("keeps serving"),
+        "{body}"
+    );
+    assert_eq!(body["generation"], 1, "{body}");
+    assert_still_serving("unreachable pool");
+
+    // A new process that hangs (its database never answers) is killed at
+    // server.restart_timeout; a second restart meanwhile is refused.
+    let proxy = PgProxy::start(Duration::ZERO);
+    proxy.cut();
+    let hanging = base()
+        .set_str("server.warm_timeout", "120s")
+        .set_str("pools.main.kind", "postgres")
+        .set_str("pools.main.url", &pg.url_at(&proxy.addr().to_string()));
+    server.site.write_config(&hanging.render());
+    let from = server.stderr.len();
+    let first = thread::spawn(move || admin(admin_addr, "POST", "/admin/restart"));
+    server
+        .stderr
+        .wait_for(from, "Restarting: starting a new process", WAIT)
+        .expect("the restart begins");
+    let second = admin(admin_addr, "POST", "/admin/restart");
+    assert_eq!(second.status, 409, "one restart at a time: {second:?}");
+    let first = first.join().unwrap();
+    assert_eq!(first.status, 503, "{first:?}");
+    let error = first.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("server.restart_timeout"), "{error}");
+    assert_still_serving("a hang");
+    let mut files = BTreeSet::new();
+    util::wait_until(WAIT, "the failed restarts' files to be closed", || {
+        files = open_files(pid);
+        files.len() <= files_before.len() || {
+            let opened: Vec<_> = files.difference(&files_before).collect();
+            eprintln!("opened since the first failure: {opened:?}");
+            false
+        }
+    });
+
+    // Nothing is wedged: a good configuration restarts.
+    server.site.write_config(&base().render());
+    let reply = admin(admin_addr, "POST", "/admin/restart");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let new_pid = reply.json()["new_pid"].as_u64().expect("new_pid");
+    successors.0.push(new_pid as u32);
+    wait_for_pid(admin_addr, new_pid);
+}
+
+#[test]
+fn systemd_hears_reloading_then_the_new_main_pid_then_ready() {
+    let mut systemd = FakeSystemd::bind();
+    let server = Server::start_with(
+        &Config::sqlite().render(),
+        &[("NOTIFY_SOCKET", systemd.path.as_str())],
+    );
+    let admin_addr = server.admin_addr();
+    let mut successors = Successors::default();
+    let ready = systemd.next("READY=1 at start");
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready:?}");
+
+    // A failed restart: RELOADING=1, then READY=1 from the old process.
+    server
+        .site
+        .write_config(&Config::sqlite().set("server.workers", "\"many\"").render());
+    assert_eq!(admin(admin_addr, "POST", "/admin/restart").status, 503);
+    let reloading = systemd.next("RELOADING=1");
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading:?}");
+    assert!(
+        field(&reloading, "MONOTONIC_USEC").is_some(),
+        "{reloading:?}"
+    );
+    let ready = systemd.next("READY=1 after the failed restart");
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready:?}");
+    assert!(
+        field(&ready, "STATUS").is_some_and(|s| s.contains("restart failed")),
+        "{ready:?}"
+    );
+
+    // A restart: RELOADING=1, MAINPID=<new>, then READY=1 with the new generation.
+    server.site.write_config(&Config::sqlite().render());
+    let reply = admin(admin_addr, "POST", "/admin/restart");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let new_pid = reply.json()["new_pid"].as_u64().expect("new_pid");
+    successors.0.push(new_pid as u32);
+    let reloading = systemd.next("RELOADING=1");
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading:?}");
+    assert!(
+        field(&reloading, "MONOTONIC_USEC").is_some(),
+        "{reloading:?}"
+    );
+    let main_pid = systemd.next("MAINPID");
+    assert_eq!(
+        field(&main_pid, "MAINPID"),
+        Some(new_pid.to_string().as_str()),
+        "{main_pid:?}"
+    );
+    let ready = systemd.next("READY=1 from the new process");
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready:?}");
+    assert!(
+        field(&ready, "STATUS").is_some_and(|s| s.starts_with("generation 2")),
+        "{ready:?}"
+    );
+    // The old process drains without a word: no STOPPING=1.
+    let mut server = server;
+    assert!(server.wait_exit().success());
+    systemd.expect_silence();
+}
