@@ -32,8 +32,9 @@ fi
 
 work=$(mktemp -d -t kiln-schemathesis-XXXXXX)
 pid=
+token=
 cleanup() {
-    [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [[ -n $pid ]] && stop
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -76,8 +77,17 @@ TOML
     admin="http://${line#admin on }/admin"
 }
 
+# Stops kiln: the process started here and, when a fuzzed POST /admin/restart
+# handed over to a new one (not this shell's child), the one serving now.
 stop() {
-    kill "$pid" && wait "$pid" || true
+    local serving
+    serving=$(curl -sf ${token:+-H "Authorization: Bearer $token"} "$admin/status" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["pid"])' || true)
+    kill "$pid" 2>/dev/null && wait "$pid" || true
+    if [[ -n $serving && $serving != "$pid" ]]; then
+        kill "$serving" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$serving" 2>/dev/null || break; sleep 0.1; done
+    fi
     pid=
 }
 

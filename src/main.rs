@@ -172,15 +172,7 @@ fn reload(
     token: Option<&str>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = control_runtime()?;
-    let (status, body) = runtime.block_on(kiln::client::request(
-        axum::http::Method::POST,
-        admin,
-        "/admin/reload",
-        token,
-        timeout,
-    ))?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    let (status, _) = post_admin(admin, "/admin/reload", token, timeout)?;
     if status.is_success() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -194,15 +186,7 @@ fn restart(
     token: Option<&str>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = control_runtime()?;
-    let (status, body) = runtime.block_on(kiln::client::request(
-        axum::http::Method::POST,
-        admin,
-        "/admin/restart",
-        token,
-        timeout,
-    ))?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    let (status, body) = post_admin(admin, "/admin/restart", token, timeout)?;
     if status.is_success() {
         eprintln!(
             "restarted: pid {} -> {}, generation {}, new process serving {} ms after its start, {} ms after the request",
@@ -216,6 +200,25 @@ fn restart(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// POSTs to the admin API at `admin` + `path` and prints the answer.
+fn post_admin(
+    admin: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(axum::http::StatusCode, serde_json::Value)> {
+    let runtime = control_runtime()?;
+    let (status, body) = runtime.block_on(kiln::client::request(
+        axum::http::Method::POST,
+        admin,
+        path,
+        token,
+        timeout,
+    ))?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok((status, body))
 }
 
 /// The control plane's runtime: pool connections, the admin API, signals.

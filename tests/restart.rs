@@ -263,6 +263,8 @@ fn restarts_under_load_lose_no_request() {
             _ => {
                 let reply = admin(admin_addr, "POST", "/admin/restart");
                 assert_eq!(reply.status, 200, "restart {k}: {reply:?}");
+                // The answer comes from the process that handed over.
+                assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
                 let answer = reply.json();
                 assert_eq!(answer["generation"].as_u64(), Some(k + 1), "{answer}");
                 answer["new_pid"].as_u64().expect("new_pid")

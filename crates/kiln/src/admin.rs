@@ -426,7 +426,13 @@ async fn rollback<A: App>(State(kiln): State<Kiln<A>>, peer: Peer) -> Response {
 )]
 async fn restart<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     match kiln.restart().await {
-        Ok(outcome) => Json(outcome).into_response(),
+        // This connection is to the process that handed over: the client's
+        // next request must open one to the new process.
+        Ok(outcome) => (
+            [(header::CONNECTION, HeaderValue::from_static("close"))],
+            Json(outcome),
+        )
+            .into_response(),
         Err(e) => e.at(kiln.current().id()).into_response(),
     }
 }
