@@ -485,13 +485,31 @@ fn a_failed_restart_leaves_the_old_process_serving() {
         }
     });
 
-    // Nothing is wedged: a good configuration restarts.
-    server.site.write_config(&base().render());
+    // Nothing is wedged: a good configuration reloads, then restarts, and
+    // the new process keeps the history (the reload, the failed restarts
+    // are not in it: they made no generation).
+    server.site.write_config(&base().greeting("after").render());
+    assert_eq!(admin(admin_addr, "POST", "/admin/reload").status, 200);
     let reply = admin(admin_addr, "POST", "/admin/restart");
     assert_eq!(reply.status, 200, "{reply:?}");
-    let new_pid = reply.json()["new_pid"].as_u64().expect("new_pid");
+    let answer = reply.json();
+    assert_eq!(answer["generation"], 3, "{answer}");
+    let new_pid = answer["new_pid"].as_u64().expect("new_pid");
     successors.0.push(new_pid as u32);
     wait_for_pid(admin_addr, new_pid);
+    let history = admin(admin_addr, "GET", "/admin/history").json();
+    let triggers: Vec<(&str, u64)> = history
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|e| {
+            (
+                e["trigger"].as_str().unwrap_or_default(),
+                e["generation"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(triggers, [("restart", 3), ("http-reload", 2)], "{history}");
 }
 
 #[test]
