@@ -168,6 +168,7 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         ("POST", "/fleet/publish"),
         ("POST", "/fleet/rollback"),
         ("POST", "/reload"),
+        ("POST", "/restart"),
         ("POST", "/rollback"),
     ];
     let expected: Vec<_> = expected
@@ -175,8 +176,9 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
     assert_eq!(listed, expected);
-    // Each listed route is served where the document says.
-    for (method, path) in &expected {
+    // Each listed route is served where the document says (a restart would
+    // leave a new process behind: tests/restart.rs calls it).
+    for (method, path) in expected.iter().filter(|(_, p)| p != "/restart") {
         let reply = admin_request(&server, method, &format!("/admin{path}"), &[], None);
         assert!(
             ![404, 405].contains(&reply.status),
