@@ -21,6 +21,7 @@ mod embed_resource;
 mod examples;
 mod fleet;
 mod limits;
+mod metrics_endpoint;
 mod notes_api;
 mod protocol;
 mod reload_admin;

@@ -208,6 +208,10 @@ pub struct ServerConfig {
     /// it is killed and the old process keeps serving. Reloadable.
     #[serde(with = "humantime_serde")]
     pub restart_timeout: Duration,
+    /// Count every request by method, matched route and status class, and
+    /// time it, for `GET /admin/metrics`. On by default; `false` saves a few
+    /// hundred instructions per request (`BENCHMARKS.md`). Reloadable.
+    pub request_metrics: bool,
 }
 
 /// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot
@@ -247,6 +251,7 @@ impl Default for ServerConfig {
             max_concurrent: 0,
             http2: true,
             restart_timeout: Duration::from_secs(120),
+            request_metrics: true,
         }
     }
 }
@@ -468,6 +473,13 @@ pub struct LogConfig {
     pub level: LogLevel,
     /// Human-readable or one JSON object per line. Restart-only.
     pub format: LogFormat,
+    /// One line per request (target `kiln::access`, at `info` whatever
+    /// `level` says): method, matched route, status, duration, body bytes,
+    /// generation and request id. With it on, every response carries
+    /// `X-Request-Id`: the request's own when it is 1 to 128 visible ASCII
+    /// characters, else a new one (also set on the request, for handlers).
+    /// Off by default. Reloadable.
+    pub access: bool,
 }
 
 /// A log level.

@@ -44,6 +44,8 @@ pub(crate) struct Monitor {
 struct State {
     health: Health,
     last_error: Option<(String, SystemTime)>,
+    /// Failed connection attempts since the pool was built.
+    errors: u64,
 }
 
 impl Monitor {
@@ -64,16 +66,18 @@ impl Monitor {
         }
         state.health = Health::Unreachable;
         state.last_error = Some((error, SystemTime::now()));
+        state.errors += 1;
     }
 
-    /// The health, the last error and when it happened.
-    pub(crate) fn read(&self) -> (Health, Option<String>, Option<SystemTime>) {
+    /// The health, the last error and when it happened, and how many
+    /// connection attempts failed.
+    pub(crate) fn read(&self) -> (Health, Option<String>, Option<SystemTime>, u64) {
         let state = self.state.lock().expect("health lock");
         let (error, at) = match &state.last_error {
             Some((error, at)) => (Some(error.clone()), Some(*at)),
             None => (None, None),
         };
-        (state.health, error, at)
+        (state.health, error, at, state.errors)
     }
 
     /// Remembers a connection's I/O task, forgetting those that ended.

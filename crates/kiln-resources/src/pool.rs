@@ -43,6 +43,8 @@ pub struct PoolStatus {
     /// JSON).
     #[serde(serialize_with = "rfc3339")]
     pub last_error_at: Option<SystemTime>,
+    /// Connection attempts that failed since the pool was built.
+    pub connection_errors: u64,
 }
 
 /// `2026-12-01T10:00:00Z`, as `GET /admin/status` has always shown it.
@@ -184,7 +186,7 @@ impl Pool {
 
     fn status_with(&self, monitor: &Monitor) -> PoolStatus {
         let figures = self.figures();
-        let (health, last_error, last_error_at) = monitor.read();
+        let (health, last_error, last_error_at, connection_errors) = monitor.read();
         PoolStatus {
             kind: match self {
                 Self::Sqlite(_) => PoolKind::Sqlite,
@@ -197,6 +199,7 @@ impl Pool {
             health,
             last_error,
             last_error_at,
+            connection_errors,
         }
     }
 

@@ -81,6 +81,7 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
         .add(__path_restart, restart::<A>)
         .add(__path_history, history::<A>)
         .add(__path_status, status::<A>)
+        .add(__path_metrics, metrics::<A>)
         .add(__path_config, config::<A>)
         .add(__path_patch, patch::<A>)
         .add(fleet::__path_view, fleet::view::<A>)
@@ -529,6 +530,21 @@ fn answer<A: App>(kiln: &Kiln<A>, result: Result<ReloadOutcome, ReloadError>) ->
 #[utoipa::path(get, path = "/status", responses((status = 200, description = "The current generation, workers and pools.", body = Object)))]
 async fn status<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     Json(kiln.status()).into_response()
+}
+
+/// `GET /admin/metrics`: kiln's metrics in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Requests, reloads, warm-ups, pools and the process, in the Prometheus text exposition format (0.0.4).", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
+async fn metrics<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        kiln.render_metrics(),
+    )
+        .into_response()
 }
 
 /// The effective configuration, defaults filled and secrets shown as `***`;

@@ -18,6 +18,7 @@ use crate::error::{catch_panic, panicked};
 use crate::generation::build_generation;
 use crate::history::{History, HistoryEntry};
 use crate::http::{ConnService, warm_requests};
+use crate::metrics::{Metrics, Phase};
 use crate::resource::Registry;
 use crate::server::restart::Restarter;
 use crate::service::{GenerationService, Readiness, WorkerApp};
@@ -107,6 +108,8 @@ pub(crate) struct Shared<A: App> {
     pub(crate) systemd: Notifier,
     /// How this process restarts; set only when kiln runs as the server.
     pub(crate) restarter: OnceLock<Arc<Restarter>>,
+    /// What `GET /admin/metrics` shows.
+    pub(crate) metrics: Arc<Metrics>,
     started: Instant,
 }
 
@@ -546,13 +549,22 @@ impl<A: App> Kiln<A> {
             .max()
             .unwrap_or(1);
         let width = widest.div_ceil(config.server.worker_count());
+        let started = Instant::now();
+        let shared = &self.shared;
         let app = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            WorkerApp::build(&self.shared.app, generation, state, &self.shared.readiness)
+            WorkerApp::build(
+                &shared.app,
+                generation,
+                state,
+                &shared.readiness,
+                &shared.metrics,
+            )
         }))
         .map_err(|panic| panicked("App::router".to_owned(), panic))?;
         let app = Arc::new(app);
         let service = |conn: &_| ConnService::new(GenerationService::fixed(app.clone()), conn);
         warm_requests(service, "localhost", &paths, width).await?;
+        shared.metrics.warmed(Phase::Workers, started.elapsed());
         Ok(app)
     }
 }
@@ -689,7 +701,11 @@ impl<A: App> Builder<A> {
             .to_path_buf();
         let (source, fleet, loaded) = crate::source::open(loaded).await?;
         let first = continued.as_ref().map_or(1, |c| c.generation + 1);
+        let metrics = Metrics::new();
+        let started = Instant::now();
         let generation = build_generation(&self.registry, &base_dir, first, loaded, None).await?;
+        metrics.warmed(Phase::Resources, started.elapsed());
+        metrics.spawn_upkeep();
         let state = prepare(&self.app, &generation, None).await?;
         let history = History::default();
         if let Some(continued) = continued {
@@ -721,6 +737,7 @@ impl<A: App> Builder<A> {
                 readiness: Arc::default(),
                 systemd: Notifier::default(),
                 restarter: OnceLock::new(),
+                metrics,
                 started: Instant::now(),
             }),
         })

@@ -91,9 +91,13 @@ pub fn init(log: &LogConfig) -> Result<(), InitError> {
 }
 
 /// The filter for `level`. PostgreSQL NOTICEs ("relation already exists,
-/// skipping") are not news.
+/// skipping") are not news; the access log (`log.access`, off by default)
+/// shows whatever the level, since turning it on asks for it.
 fn level_filter(level: LogLevel) -> EnvFilter {
-    EnvFilter::new(format!("{},tokio_postgres=warn", level.as_str()))
+    EnvFilter::new(format!(
+        "{},tokio_postgres=warn,kiln::access=info",
+        level.as_str()
+    ))
 }
 
 /// Whether a reload may change `log.level`: only when kiln's subscriber is

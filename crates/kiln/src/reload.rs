@@ -215,6 +215,7 @@ impl<A: App> Kiln<A> {
             .reloaded(self.current().id(), result.is_err());
         let capacity = self.current().config().reload.history;
         self.shared.history.record(trigger, peer, &result, capacity);
+        (self.shared.metrics).reloaded(trigger, result.is_ok(), started.elapsed());
         drop(previous_text);
         match &result {
             Ok(outcome) => tracing::info!(
@@ -273,6 +274,7 @@ impl<A: App> Kiln<A> {
             crate::logging::check_level_change()?;
         }
         let changed = kiln_config::diff(current.raw(), &loaded.raw);
+        let building = std::time::Instant::now();
         let generation = build_generation(
             &self.shared.registry,
             self.base_dir(),
@@ -281,6 +283,8 @@ impl<A: App> Kiln<A> {
             Some(&current),
         )
         .await?;
+        let metrics = &self.shared.metrics;
+        metrics.warmed(crate::metrics::Phase::Resources, building.elapsed());
         let generation = Arc::new(generation);
         let mut refused = CloseIfRefused(Some(&generation));
         // The old generation's pools the new one does not share.

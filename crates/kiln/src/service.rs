@@ -2,7 +2,8 @@
 //! generation's limits (body size, concurrency, time), run it with panics
 //! caught, tag the response with its generation, release the generation
 //! when the body is done (or, for an upgraded connection, when the
-//! connection closes).
+//! connection closes). Each request is observed on the way ([`crate::observe`]):
+//! counted and timed by route, and with `log.access` logged with a request id.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -19,7 +20,8 @@ use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{
-    HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    Extensions, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header,
 };
 use axum::response::IntoResponse;
 use axum::routing::future::RouteFuture;
@@ -32,7 +34,9 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use crate::{App, Generation};
+use crate::metrics::{Cut, Metrics};
+use crate::observe::{Access, Observed, Observer, RouteLayer, capture_route};
+use crate::{App, AppConfig, Generation};
 
 /// The header every response carries: the generation that served it.
 pub const GENERATION_HEADER: HeaderName = HeaderName::from_static("x-config-generation");
@@ -43,8 +47,14 @@ pub(crate) struct WorkerApp {
     header: HeaderValue,
     router: Router,
     limits: Limits,
-    /// Keeps the generation (its pools) alive while this app serves.
-    _generation: Arc<dyn Any + Send + Sync>,
+    /// What observes its requests, if anything does.
+    observer: Option<Arc<Observer>>,
+    /// Keeps the generation (its pools) alive while this app serves, and
+    /// is handed to each request as an extension.
+    generation_arc: Arc<dyn Any + Send + Sync>,
+    /// Inserts `generation_arc` into a request's extensions as the
+    /// `Arc<Generation<C>>` it is.
+    insert_generation: fn(&Arc<dyn Any + Send + Sync>, &mut Extensions),
 }
 
 /// The generation's reloadable request limits (`[server]`).
@@ -69,11 +79,23 @@ impl WorkerApp {
         generation: Arc<Generation<A::Config>>,
         state: &A::State,
         readiness: &Arc<Readiness>,
+        metrics: &Arc<Metrics>,
     ) -> Self {
         let router = app
             .router(&generation, state)
             .merge(health_routes(readiness.clone()));
-        let server = &generation.config().server;
+        let config = generation.config();
+        let observer = Observer::new(
+            metrics,
+            config.server.request_metrics,
+            config.log.access,
+            generation.id(),
+        );
+        let router = match &observer {
+            Some(observer) => router.layer(RouteLayer(observer.clone())),
+            None => router,
+        };
+        let server = &config.server;
         let max_body = server.max_body.0;
         let limits = Limits {
             max_body,
@@ -90,8 +112,18 @@ impl WorkerApp {
             header: HeaderValue::from(generation.id()),
             router,
             limits,
-            _generation: generation,
+            observer,
+            generation_arc: generation,
+            insert_generation: insert_generation::<A::Config>,
         }
+    }
+}
+
+/// Puts the request's generation where a handler finds it:
+/// `Extension<Arc<Generation<C>>>`.
+fn insert_generation<C: AppConfig>(generation: &Arc<dyn Any + Send + Sync>, to: &mut Extensions) {
+    if let Ok(generation) = generation.clone().downcast::<Generation<C>>() {
+        to.insert(generation);
     }
 }
 
@@ -215,13 +247,19 @@ impl GenerationService {
     {
         // An Arc, not a Guard: the app must outlive this call.
         let app = self.current.load_full();
+        let mut request = request;
+        let observed = app
+            .observer
+            .as_ref()
+            .map(|observer| Observed::start(observer, &mut request, !self.warm_up));
         let limits = &app.limits;
         if request.body().size_hint().lower() > limits.max_body {
             let message = format!(
                 "the request body is larger than server.max_body ({} bytes)",
                 limits.max_body
             );
-            return ResponseFuture::answer(app, error(StatusCode::PAYLOAD_TOO_LARGE, message));
+            let response = error(StatusCode::PAYLOAD_TOO_LARGE, message);
+            return ResponseFuture::answer(app, &request, observed, Cut::BodyLimit, response);
         }
         let permit = if limits.max_concurrent == usize::MAX {
             None
@@ -238,7 +276,7 @@ impl GenerationService {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return ResponseFuture::answer(app, response);
+                return ResponseFuture::answer(app, &request, observed, Cut::Concurrency, response);
             }
             Some(permit)
         };
@@ -253,6 +291,7 @@ impl GenerationService {
         if self.warm_up {
             request.extensions_mut().insert(WarmUp);
         }
+        (app.insert_generation)(&app.generation_arc, request.extensions_mut());
         let sent = Sent {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -266,7 +305,7 @@ impl GenerationService {
         let state = match called {
             Ok(future) => State::Running { future },
             Err(panic) => State::Ready {
-                response: Some(panicked(&sent, &*panic)),
+                response: Some(panicked(&sent, &*panic, observed.as_ref())),
             },
         };
         ResponseFuture {
@@ -278,6 +317,7 @@ impl GenerationService {
                 permit,
                 upgrade,
                 close,
+                observed,
             },
         }
     }
@@ -371,7 +411,10 @@ struct Sent {
 
 /// Logs a handler's panic with its request, and answers `500`.
 #[cold]
-fn panicked(sent: &Sent, panic: &(dyn Any + Send)) -> Response<Body> {
+fn panicked(sent: &Sent, panic: &(dyn Any + Send), observed: Option<&Observed>) -> Response<Body> {
+    if let Some(observed) = observed {
+        observed.cut(Cut::Panic);
+    }
     let message = panic
         .downcast_ref::<&str>()
         .copied()
@@ -405,6 +448,8 @@ struct Extra {
     upgrade: Option<Arc<Conn>>,
     /// Answer with `Connection: close`.
     close: bool,
+    /// Counted, timed and logged when the response head is ready.
+    observed: Option<Observed>,
 }
 
 pin_project! {
@@ -420,8 +465,18 @@ pin_project! {
 }
 
 impl ResponseFuture {
-    /// A future that answers `response` at once.
-    fn answer(app: Arc<WorkerApp>, response: Response<Body>) -> Self {
+    /// A future that answers `response` at once: kiln refused `request`
+    /// for `cut`.
+    fn answer<B>(
+        app: Arc<WorkerApp>,
+        request: &Request<B>,
+        observed: Option<Observed>,
+        cut: Cut,
+        response: Response<Body>,
+    ) -> Self {
+        if let Some(observed) = &observed {
+            observed.cut(cut);
+        }
         Self {
             state: State::Ready {
                 response: Some(response),
@@ -430,12 +485,13 @@ impl ResponseFuture {
             app: Some(app),
             extra: Extra {
                 sent: Sent {
-                    method: Method::GET,
+                    method: request.method().clone(),
                     uri: Uri::default(),
                 },
                 permit: None,
                 upgrade: None,
                 close: false,
+                observed,
             },
         }
     }
@@ -446,12 +502,20 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let extra = &mut *this.extra;
         let polled = match this.state.as_mut().project() {
             StateProj::Running { future } => {
-                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                let poll = || catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
+                let polled = match &mut extra.observed {
+                    Some(observed) => capture_route(&mut observed.route, poll),
+                    None => poll(),
+                };
+                match polled {
                     Ok(Poll::Ready(Ok(response))) => Poll::Ready(response),
                     Ok(Poll::Pending) => Poll::Pending,
-                    Err(panic) => Poll::Ready(panicked(&this.extra.sent, &*panic)),
+                    Err(panic) => {
+                        Poll::Ready(panicked(&extra.sent, &*panic, extra.observed.as_ref()))
+                    }
                 }
             }
             StateProj::Ready { response } => {
@@ -466,6 +530,9 @@ impl Future for ResponseFuture {
                 };
                 ready!(timeout.poll(cx));
                 this.state.set(State::Ready { response: None });
+                if let Some(observed) = &extra.observed {
+                    observed.cut(Cut::Timeout);
+                }
                 let app = this.app.as_ref().expect("polled after completion");
                 error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -477,18 +544,28 @@ impl Future for ResponseFuture {
             }
         };
         let app = this.app.take().expect("polled after completion");
-        this.extra.permit.take();
+        extra.permit.take();
         let headers = response.headers_mut();
         headers.insert(GENERATION_HEADER, app.header.clone());
-        if this.extra.close {
+        if extra.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        let access = extra.observed.take().and_then(|observed| {
+            if extra.close {
+                observed.cut(Cut::Drain);
+            }
+            observed.finish(&extra.sent.method, &mut response)
+        });
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(conn) = this.extra.upgrade.take()
+            && let Some(conn) = extra.upgrade.take()
         {
             let _ = conn.upgraded.set(app.clone());
         }
-        Poll::Ready(Ok(response.map(|body| GenerationBody { body, _app: app })))
+        Poll::Ready(Ok(response.map(|body| GenerationBody {
+            body,
+            access,
+            _app: app,
+        })))
     }
 }
 
@@ -501,6 +578,8 @@ pin_project! {
     pub struct GenerationBody {
         #[pin]
         body: Body,
+        // The access-log line, written once the body is done.
+        access: Option<Access>,
         _app: Arc<WorkerApp>,
     }
 }
@@ -513,7 +592,14 @@ impl HttpBody for GenerationBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let (Some(access), Poll::Ready(Some(Ok(frame)))) = (this.access, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            access.sent(data.len());
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

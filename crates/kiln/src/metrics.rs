@@ -1,0 +1,345 @@
+//! kiln's Prometheus metrics (`GET /admin/metrics`): one registry per
+//! [`Kiln`](crate::Kiln), never the process-wide `metrics` recorder, so an
+//! embedding app keeps its own and two `Kiln`s in one process do not mix.
+//!
+//! What the request path records goes through handles registered once per
+//! route and status class ([`crate::observe`]): an atomic add and a
+//! histogram sample, no key hashing. Figures that exist anyway (the
+//! generation, the pools) are read at scrape time instead of being kept up
+//! to date. Histograms have explicit buckets (the exporter would otherwise
+//! render summaries), and an upkeep task folds their samples every few
+//! seconds, so memory stays flat when nobody scrapes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use ::metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use kiln_resources::{Health, PoolStatus};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::reload::Trigger;
+use crate::{App, Kiln};
+
+/// `kiln_http_request_duration_seconds`: 0.5 ms to 10 s.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Reloads and warm-ups: 5 ms to 2 min (`server.warm_timeout` is 30 s by default).
+const RELOAD_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// How often histogram samples are folded into their buckets.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+pub(crate) const REQUESTS: &str = "kiln_http_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "kiln_http_request_duration_seconds";
+const IN_FLIGHT: &str = "kiln_http_requests_in_flight";
+const CUT: &str = "kiln_http_responses_cut_total";
+const RELOADS: &str = "kiln_config_reloads_total";
+const RELOAD_DURATION: &str = "kiln_config_reload_duration_seconds";
+const LAST_RELOAD_OK: &str = "kiln_config_last_reload_successful";
+const LAST_RELOAD_AT: &str = "kiln_config_last_reload_success_timestamp_seconds";
+const WARMUP_DURATION: &str = "kiln_warmup_duration_seconds";
+
+/// Why kiln answered a request itself instead of its handler, or closed its
+/// connection (`kiln_http_responses_cut_total{reason}`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Cut {
+    /// `server.max_body`: 413.
+    BodyLimit,
+    /// `server.max_concurrent`: 503.
+    Concurrency,
+    /// `server.request_timeout`: 503.
+    Timeout,
+    /// The handler panicked: 500.
+    Panic,
+    /// Answered with `Connection: close` because the worker is draining.
+    Drain,
+}
+
+impl Cut {
+    const ALL: [Self; 5] = [
+        Self::BodyLimit,
+        Self::Concurrency,
+        Self::Timeout,
+        Self::Panic,
+        Self::Drain,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::BodyLimit => "body_limit",
+            Self::Concurrency => "concurrency",
+            Self::Timeout => "timeout",
+            Self::Panic => "panic",
+            Self::Drain => "drain",
+        }
+    }
+}
+
+/// What a warm-up duration measures (`kiln_warmup_duration_seconds{phase}`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Phase {
+    /// Building and warming a generation's pools and resources.
+    Resources,
+    /// Building every worker's app and serving its warm requests.
+    Workers,
+}
+
+/// One kiln's metrics registry and the handles kiln records through.
+pub(crate) struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+    in_flight: Gauge,
+    cut: [Counter; Cut::ALL.len()],
+    last_reload_ok: Gauge,
+    last_reload_at: Gauge,
+    warmup: [Histogram; 2],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The metadata the exporter ignores but the `Recorder` API asks for.
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// A new registry with every metric described; the configuration it
+    /// started on counts as the last successful load, as in Prometheus.
+    pub(crate) fn new() -> Arc<Self> {
+        let buckets = |builder: PrometheusBuilder, name: &str, buckets: &[f64]| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .expect("bucket lists are not empty")
+        };
+        let mut builder = buckets(PrometheusBuilder::new(), REQUEST_DURATION, REQUEST_BUCKETS);
+        for name in [RELOAD_DURATION, WARMUP_DURATION] {
+            builder = buckets(builder, name, RELOAD_BUCKETS);
+        }
+        let recorder = builder.build_recorder();
+        describe(&recorder);
+        let process = metrics_process::Collector::default();
+        ::metrics::with_local_recorder(&recorder, || process.describe());
+        let handle = recorder.handle();
+        let metrics = Self {
+            in_flight: recorder.register_gauge(&Key::from_static_name(IN_FLIGHT), &METADATA),
+            cut: Cut::ALL.map(|cut| {
+                recorder.register_counter(
+                    &Key::from_parts(CUT, vec![Label::from_static_parts("reason", cut.label())]),
+                    &METADATA,
+                )
+            }),
+            last_reload_ok: recorder
+                .register_gauge(&Key::from_static_name(LAST_RELOAD_OK), &METADATA),
+            last_reload_at: recorder
+                .register_gauge(&Key::from_static_name(LAST_RELOAD_AT), &METADATA),
+            warmup: ["resources", "workers"].map(|phase| {
+                recorder.register_histogram(
+                    &Key::from_parts(
+                        WARMUP_DURATION,
+                        vec![Label::from_static_parts("phase", phase)],
+                    ),
+                    &METADATA,
+                )
+            }),
+            recorder,
+            handle,
+            process,
+        };
+        metrics.last_reload_ok.set(1.0);
+        metrics.last_reload_at.set(unix_seconds(SystemTime::now()));
+        Arc::new(metrics)
+    }
+
+    /// Folds histogram samples into their buckets every few seconds, on the
+    /// calling runtime, until the registry is dropped.
+    pub(crate) fn spawn_upkeep(self: &Arc<Self>) {
+        let metrics: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(metrics) = metrics.upgrade() else {
+                    return;
+                };
+                metrics.handle.run_upkeep();
+            }
+        });
+    }
+
+    /// A counter with these labels, registered (or found) once: the handle
+    /// is then a plain atomic.
+    pub(crate) fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A histogram with these labels, registered (or found) once.
+    pub(crate) fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub(crate) fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub(crate) fn cut(&self, cut: Cut) {
+        self.cut[cut as usize].increment(1);
+    }
+
+    /// A reload attempt ended.
+    pub(crate) fn reloaded(&self, trigger: Trigger, ok: bool, took: Duration) {
+        let result = if ok { "success" } else { "failure" };
+        let trigger = Label::new("trigger", trigger.to_string());
+        self.counter(
+            RELOADS,
+            vec![trigger.clone(), Label::from_static_parts("result", result)],
+        )
+        .increment(1);
+        self.histogram(
+            RELOAD_DURATION,
+            vec![Label::from_static_parts("result", result)],
+        )
+        .record(took.as_secs_f64());
+        self.last_reload_ok.set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            self.last_reload_at.set(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    /// A warm-up phase took `took`.
+    pub(crate) fn warmed(&self, phase: Phase, took: Duration) {
+        self.warmup[phase as usize].record(took.as_secs_f64());
+    }
+
+    /// The exposition: the registry, the process figures, then what is read
+    /// now (the generation, the pools).
+    fn render(&self, generation: u64, pools: &BTreeMap<String, PoolStatus>) -> String {
+        ::metrics::with_local_recorder(&self.recorder, || self.process.collect());
+        let mut text = self.handle.render();
+        // The figures of this instant, in a registry of their own so that a
+        // pool removed by a reload leaves no stale series behind.
+        let now = PrometheusBuilder::new().build_recorder();
+        let gauge = |name: &'static str, help: &'static str| {
+            now.describe_gauge(name.into(), None, help.into());
+        };
+        gauge(
+            "kiln_config_generation",
+            "The id of the generation serving requests.",
+        );
+        now.register_gauge(&Key::from_static_name("kiln_config_generation"), &METADATA)
+            .set(generation as f64);
+        gauge("kiln_pool_size", "Connections open, in use or idle.");
+        gauge(
+            "kiln_pool_available",
+            "Idle connections ready for checkout.",
+        );
+        gauge("kiln_pool_waiting", "Requests waiting for a connection.");
+        gauge("kiln_pool_max_size", "Most connections the pool may hold.");
+        gauge(
+            "kiln_pool_up",
+            "1 when the database answered the pool's last connection attempt.",
+        );
+        now.describe_counter(
+            "kiln_pool_connection_errors_total".into(),
+            None,
+            "Connection attempts that failed, since the pool was built.".into(),
+        );
+        for (name, status) in pools {
+            let labels = || vec![Label::new("pool", name.clone())];
+            let set = |metric: &'static str, value: usize| {
+                now.register_gauge(&Key::from_parts(metric, labels()), &METADATA)
+                    .set(value as f64);
+            };
+            set("kiln_pool_size", status.size);
+            set("kiln_pool_available", status.available);
+            set("kiln_pool_waiting", status.waiting);
+            set("kiln_pool_max_size", status.max_size);
+            set("kiln_pool_up", usize::from(status.health == Health::Ok));
+            now.register_counter(
+                &Key::from_parts("kiln_pool_connection_errors_total", labels()),
+                &METADATA,
+            )
+            .absolute(status.connection_errors);
+        }
+        let _ = write!(text, "{}", now.handle().render());
+        text
+    }
+}
+
+impl<A: App> Kiln<A> {
+    /// kiln's metrics in the Prometheus text format, as `GET /admin/metrics`
+    /// serves them: requests by method, matched route and status class,
+    /// reloads, warm-ups, pools and the process (the README lists them).
+    pub fn render_metrics(&self) -> String {
+        let current = self.current();
+        let pools = current.pools().status();
+        self.shared.metrics.render(current.id(), &pools)
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The `# HELP` lines (promtool wants one for every metric).
+fn describe(recorder: &PrometheusRecorder) {
+    let counters = [
+        (
+            REQUESTS,
+            "Requests answered on the main listener, by method, matched route (`unmatched` when none) and status class.",
+        ),
+        (
+            CUT,
+            "Responses kiln answered itself (body_limit 413, concurrency 503, timeout 503, panic 500) or whose connection it closed while draining (drain).",
+        ),
+        (RELOADS, "Reload attempts, by trigger and result."),
+    ];
+    for (name, help) in counters {
+        recorder.describe_counter(name.into(), None, help.into());
+    }
+    let gauges = [
+        (IN_FLIGHT, "Requests whose response head is not ready yet."),
+        (
+            LAST_RELOAD_OK,
+            "1 when the last reload succeeded (or none has run since start), 0 when it was refused.",
+        ),
+        (
+            LAST_RELOAD_AT,
+            "When the configuration was last applied successfully (start-up or reload), in seconds since the epoch.",
+        ),
+    ];
+    for (name, help) in gauges {
+        recorder.describe_gauge(name.into(), None, help.into());
+    }
+    let histograms = [
+        (
+            REQUEST_DURATION,
+            "Time from a request's arrival to its response head, by method, matched route and status class.",
+        ),
+        (
+            RELOAD_DURATION,
+            "Time a reload attempt took, from the request to every worker serving (or the refusal).",
+        ),
+        (
+            WARMUP_DURATION,
+            "Time to build and warm a generation's pools and resources (phase=resources) or every worker's app and warm requests (phase=workers), at start-up and on each reload.",
+        ),
+    ];
+    for (name, help) in histograms {
+        recorder.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+    }
+}
