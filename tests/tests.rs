@@ -5,6 +5,7 @@
 
 mod util;
 
+mod access_log;
 mod admin_api;
 mod admin_auth;
 mod cli;
@@ -13,6 +14,7 @@ mod connections;
 mod db_outage;
 mod deploy_files;
 mod embed_answers;
+mod embed_generation;
 mod embed_keyed;
 mod embed_lifecycle;
 mod embed_panics;
