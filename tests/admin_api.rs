@@ -162,6 +162,7 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         ("GET", "/config"),
         ("GET", "/fleet"),
         ("GET", "/history"),
+        ("GET", "/metrics"),
         ("GET", "/openapi.json"),
         ("GET", "/status"),
         ("PATCH", "/config"),

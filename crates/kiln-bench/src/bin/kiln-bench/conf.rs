@@ -24,6 +24,8 @@ pub(crate) struct KilnConf {
     pub(crate) wait_timeout: &'static str,
     pub(crate) greeting: String,
     pub(crate) log_level: &'static str,
+    /// `log.access`: one log line per request.
+    pub(crate) access_log: bool,
 }
 
 impl KilnConf {
@@ -43,6 +45,7 @@ impl KilnConf {
             wait_timeout: "2s",
             greeting: "Hello from kiln".to_owned(),
             log_level: "info",
+            access_log: false,
         })
     }
 
@@ -92,6 +95,7 @@ wait_timeout = "{wait_timeout}"
 [log]
 level = "{log_level}"
 format = "pretty"
+access = {access_log}
 
 [app]
 greeting = "{greeting}"
@@ -109,6 +113,7 @@ greeting = "{greeting}"
             warm = self.warm,
             wait_timeout = self.wait_timeout,
             log_level = self.log_level,
+            access_log = self.access_log,
             greeting = self.greeting,
         )
     }

@@ -18,9 +18,9 @@ use crate::{Common, KilnConf, runtime, wrk};
 
 /// What runs under callgrind.
 enum Variant {
-    /// kiln with this `server.header_read_timeout` and these other
-    /// `[server]` lines.
-    Kiln(&'static str, &'static str),
+    /// kiln with this `server.header_read_timeout`, these other `[server]`
+    /// lines, and `log.access`.
+    Kiln(&'static str, &'static str, bool),
     /// A baseline program from `--bin-dir`.
     Baseline(&'static str),
 }
@@ -38,14 +38,22 @@ struct Count {
 pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
     // (variant, the program for a baseline or kiln's header_read_timeout)
     let variants = [
-        ("kiln, 1 worker", Variant::Kiln("30s", "")),
+        ("kiln, 1 worker", Variant::Kiln("30s", "", false)),
         (
             "kiln, 1 worker, header_read_timeout = 0s",
-            Variant::Kiln("0s", ""),
+            Variant::Kiln("0s", "", false),
         ),
         (
             "kiln, 1 worker, http2 = false",
-            Variant::Kiln("30s", "http2 = false\n"),
+            Variant::Kiln("30s", "http2 = false\n", false),
+        ),
+        (
+            "kiln, 1 worker, request_metrics = false",
+            Variant::Kiln("30s", "request_metrics = false\n", false),
+        ),
+        (
+            "kiln, 1 worker, log.access = true",
+            Variant::Kiln("30s", "", true),
         ),
         ("actix-web, 1 worker", Variant::Baseline("actix")),
         ("bare axum, 1 thread", Variant::Baseline("bare")),
@@ -58,10 +66,11 @@ pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
             format!("--callgrind-out-file={}", out.display()),
         ];
         let addr = match program {
-            Variant::Kiln(timeout, extra) => {
+            Variant::Kiln(timeout, extra, access_log) => {
                 let mut conf = KilnConf::new(1)?;
                 conf.header_read_timeout = timeout;
                 conf.server_extra = extra;
+                conf.access_log = access_log;
                 conf.log_level = "warn";
                 conf.write(c, "instructions")?;
                 args.push(c.bin("kiln").display().to_string());

@@ -37,6 +37,12 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
             1,
         ),
         ("kiln, 1 worker, http2 = false", "kiln-http1-only", 1),
+        (
+            "kiln, 1 worker, request_metrics = false",
+            "kiln-no-metrics",
+            1,
+        ),
+        ("kiln, 1 worker, log.access = true", "kiln-access-log", 1),
         ("bare axum, 1 thread", "bare", 1),
         ("actix-web, 1 worker", "actix", 1),
         ("kiln, 2 workers", "kiln", 2),
@@ -47,7 +53,12 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
     for round in 0..c.runs {
         for (variant, program, threads) in variants {
             let (server, addr) = match program {
-                "kiln" | "kiln-reuse-port" | "kiln-no-header-timeout" | "kiln-http1-only" => {
+                "kiln"
+                | "kiln-reuse-port"
+                | "kiln-no-header-timeout"
+                | "kiln-http1-only"
+                | "kiln-no-metrics"
+                | "kiln-access-log" => {
                     let mut conf = KilnConf::new(threads)?;
                     conf.reuse_port = program == "kiln-reuse-port";
                     if program == "kiln-no-header-timeout" {
@@ -56,6 +67,10 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
                     if program == "kiln-http1-only" {
                         conf.server_extra = "http2 = false\n";
                     }
+                    if program == "kiln-no-metrics" {
+                        conf.server_extra = "request_metrics = false\n";
+                    }
+                    conf.access_log = program == "kiln-access-log";
                     let server = conf.start(c, "overhead", Some(&c.server_cpus))?;
                     (server, conf.addr())
                 }
