@@ -48,6 +48,19 @@ use crate::{AppConfig, BuildError, ConfigError, ReloadError, Resource, StartErro
 ///     )
 /// }
 /// ```
+///
+/// A handler reaches its request's generation as a request extension:
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::Extension;
+/// use kiln::Generation;
+///
+/// async fn handler(Extension(generation): Extension<Arc<Generation<()>>>) -> String {
+///     format!("served by generation {}", generation.id())
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(handler);
+/// ```
 pub struct Generation<C> {
     id: u64,
     loaded: Loaded<C>,

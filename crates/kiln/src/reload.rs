@@ -215,7 +215,9 @@ impl<A: App> Kiln<A> {
             .reloaded(self.current().id(), result.is_err());
         let capacity = self.current().config().reload.history;
         self.shared.history.record(trigger, peer, &result, capacity);
-        (self.shared.metrics).reloaded(trigger, result.is_ok(), started.elapsed());
+        self.shared
+            .metrics
+            .reloaded(trigger, result.is_ok(), started.elapsed());
         drop(previous_text);
         match &result {
             Ok(outcome) => tracing::info!(
