@@ -1,6 +1,7 @@
 //! The `kiln` command: serve the demo app with a config file, validate a
-//! config file, or ask a running server to reload or restart.
+//! config file, or drive a running server through its admin API.
 
+mod admin;
 mod fleet;
 mod notes;
 
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::admin::{AdminArgs, Call, EXIT_STATUS};
 use crate::notes::{Notes, NotesConfig};
 
 /// kiln: an application server whose workers are warm before the socket is
@@ -18,6 +20,8 @@ use crate::notes::{Notes, NotesConfig};
 /// `kiln deploy.toml` serves the demo app with that file. Edit the file,
 /// then `kiln reload` (or `curl -X POST 127.0.0.1:9090/admin/reload`, or
 /// SIGHUP) to apply it; a bad file is refused and the old one keeps serving.
+/// `kiln status`, `history`, `config` and `log-level` read (and the last
+/// sets) a running server through its admin API.
 /// Environment variables `KILN__SECTION__KEY` override the file
 /// (e.g. `KILN__ADMIN__TOKEN`).
 #[derive(Parser)]
@@ -45,19 +49,35 @@ enum Command {
         /// The configuration file.
         config: PathBuf,
     },
-    /// Ask a running server to reload its configuration, print the answer,
-    /// and exit non-zero when the reload was refused.
-    Reload {
-        /// The admin API's address.
-        #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
-        admin: String,
-        /// The admin token, when the server has one.
-        #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// How long to wait for the answer (a reload answers once its
-        /// warm-up is done).
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
+    /// Ask a running server to reload its configuration: print what changed,
+    /// and exit non-zero when the reload was refused (the running
+    /// configuration is then unchanged). Synchronous: it answers once every
+    /// worker serves the new generation, so it fits systemd's ExecReload.
+    #[command(after_help = EXIT_STATUS)]
+    Reload(AdminArgs),
+    /// Show a running server's generation, where its configuration comes
+    /// from, each worker's generation and each pool's connections.
+    #[command(after_help = EXIT_STATUS)]
+    Status(AdminArgs),
+    /// Show a running server's last reload attempts (applied or refused),
+    /// newest first, with what asked for each and what it changed.
+    #[command(after_help = EXIT_STATUS)]
+    History(AdminArgs),
+    /// Show a running server's effective configuration (file, defaults and
+    /// KILN__* overrides), one key path per line, secrets as ***.
+    #[command(after_help = EXIT_STATUS)]
+    Config(AdminArgs),
+    /// Show a running server's log filter, or replace it: `kiln log-level
+    /// debug`, `kiln log-level 'info,kiln=debug'`. The new filter applies on
+    /// every worker at once and stays until a reload changes log.level (a
+    /// reload that leaves log.level alone keeps it).
+    #[command(after_help = EXIT_STATUS)]
+    LogLevel {
+        /// The new filter, as tracing EnvFilter directives (as RUST_LOG
+        /// takes them); without it, the filter in force is shown.
+        directives: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Drive a fleet (`[fleet]`) through an instance's admin API.
     Fleet {
@@ -70,47 +90,37 @@ enum Command {
     /// keys a reload cannot (server.listen, server.workers, ...) and binary
     /// upgrades. Prints the outcome (old and new pid, generation, timings);
     /// exits non-zero when the new process failed, which leaves the old one
-    /// serving.
-    Restart {
-        /// The admin API's address.
-        #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
-        admin: String,
-        /// The admin token, when the server has one.
-        #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// How long to wait for the answer: above the server's
-        /// server.restart_timeout (default 120s).
-        #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-    },
+    /// serving. Its --timeout defaults to 180s, above the server's
+    /// server.restart_timeout (default 120s).
+    #[command(after_help = EXIT_STATUS)]
+    Restart(AdminArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match (cli.command, cli.config) {
-        (Some(Command::Validate { config }), _) => validate(&config),
-        (
-            Some(Command::Reload {
-                admin,
-                token,
-                timeout,
-            }),
-            _,
-        ) => reload(&admin, token.as_deref(), timeout),
-        (Some(Command::Fleet { command }), _) => fleet::run(command),
-        (
-            Some(Command::Restart {
-                admin,
-                token,
-                timeout,
-            }),
-            _,
-        ) => restart(&admin, token.as_deref(), timeout),
-        (None, Some(config)) => serve(&config),
-        (None, None) => Err(anyhow::anyhow!(
-            "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"
-        )),
+    let (args, call) = match cli.command {
+        Some(Command::Reload(args)) => (args, Call::Reload),
+        Some(Command::Status(args)) => (args, Call::Status),
+        Some(Command::History(args)) => (args, Call::History),
+        Some(Command::Config(args)) => (args, Call::Config),
+        Some(Command::LogLevel { directives, admin }) => (admin, Call::LogLevel(directives)),
+        Some(Command::Restart(args)) => (args, Call::Restart),
+        Some(Command::Fleet { command }) => return exit(fleet::run(command)),
+        Some(Command::Validate { config }) => return exit(validate(&config)),
+        None => {
+            return exit(match cli.config {
+                Some(config) => serve(&config),
+                None => Err(anyhow::anyhow!(
+                    "no configuration file given: run `kiln deploy.toml` (see `kiln --help`)"
+                )),
+            });
+        }
     };
+    admin::run(&args, &call)
+}
+
+/// The exit status of serving or validating, with the error's chain printed.
+fn exit(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -165,60 +175,6 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("  warmed in {} ms", started.elapsed().as_millis());
     Ok(ExitCode::SUCCESS)
-}
-
-fn reload(
-    admin: &str,
-    token: Option<&str>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<ExitCode> {
-    let (status, _) = post_admin(admin, "/admin/reload", token, timeout)?;
-    if status.is_success() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("error: reload refused ({status}); the running configuration is unchanged");
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-fn restart(
-    admin: &str,
-    token: Option<&str>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<ExitCode> {
-    let (status, body) = post_admin(admin, "/admin/restart", token, timeout)?;
-    if status.is_success() {
-        eprintln!(
-            "restarted: pid {} -> {}, generation {}, new process serving {} ms after its start, {} ms after the request",
-            body["old_pid"], body["new_pid"], body["generation"], body["warm_ms"], body["took_ms"]
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "error: restart failed ({status}): {}",
-            body["error"].as_str().unwrap_or("no reason given")
-        );
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-/// POSTs to the admin API at `admin` + `path` and prints the answer.
-fn post_admin(
-    admin: &str,
-    path: &str,
-    token: Option<&str>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<(axum::http::StatusCode, serde_json::Value)> {
-    let runtime = control_runtime()?;
-    let (status, body) = runtime.block_on(kiln::client::request(
-        axum::http::Method::POST,
-        admin,
-        path,
-        token,
-        timeout,
-    ))?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
-    Ok((status, body))
 }
 
 /// The control plane's runtime: pool connections, the admin API, signals.

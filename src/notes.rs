@@ -239,6 +239,7 @@ async fn create_note(
     let note = insert(&state.pool, text)
         .await
         .map_err(|e| e.answer(state.retry_after))?;
+    tracing::debug!(id = note.id, "Note created");
     Ok((StatusCode::CREATED, Json(note)))
 }
 

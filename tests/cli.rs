@@ -1,11 +1,14 @@
-//! The command line: `--help`, `kiln validate`, `kiln reload`, and
-//! environment overrides.
+//! The command line: `--help`, `kiln validate`, the commands that drive a
+//! running server through its admin API (`reload`, `status`, `history`,
+//! `config`, `log-level`), and environment overrides.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::util::{self, Config, Server, Site};
 
-/// Parses the JSON answer `kiln reload` prints on stdout.
+/// Parses the JSON answer an admin command prints on stdout with `--json`.
 fn printed_json(out: &util::Output) -> Value {
     serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"))
@@ -20,12 +23,196 @@ fn help_works_for_each_command() {
     }
     let validate = util::run(util::kiln_command().args(["validate", "--help"]));
     assert!(validate.status.success(), "{validate:?}");
-    let reload = util::run(util::kiln_command().args(["reload", "--help"]));
-    assert!(reload.status.success(), "{reload:?}");
-    for flag in ["--admin", "--token"] {
+    for command in ADMIN_COMMANDS {
         assert!(
-            reload.stdout.contains(flag),
-            "reload --help mentions {flag}: {reload:?}"
+            top.stdout.contains(command),
+            "--help lists {command}: {top:?}"
+        );
+        let help = util::run(util::kiln_command().args([command, "--help"]));
+        assert!(help.status.success(), "{help:?}");
+        for word in [
+            "--admin",
+            "--token",
+            "KILN__ADMIN__TOKEN",
+            "--timeout",
+            "--json",
+            "Exit status",
+        ] {
+            assert!(
+                help.stdout.contains(word),
+                "{command} --help mentions {word}: {help:?}"
+            );
+        }
+    }
+}
+
+/// The commands that talk to a running server's admin API.
+const ADMIN_COMMANDS: [&str; 6] = [
+    "reload",
+    "restart",
+    "status",
+    "history",
+    "config",
+    "log-level",
+];
+
+/// `kiln ARGS --admin URL` (the token, if any, from the environment).
+fn admin_command(server: &Server, args: &[&str]) -> util::Output {
+    let admin = format!("http://{}", server.admin_addr());
+    util::run(util::kiln_command().args(args).args(["--admin", &admin]))
+}
+
+#[test]
+fn status_history_config_and_log_level_commands_read_a_running_server() {
+    let token = "tok-5e1f-cli-secret";
+    let server = Server::start_with(
+        &Config::sqlite().greeting("one").render(),
+        &[("KILN__ADMIN__TOKEN", token)],
+    );
+    let admin = format!("http://{}", server.admin_addr());
+    let kiln = |args: &[&str]| {
+        util::run(
+            util::kiln_command()
+                .args(args)
+                .args(["--admin", &admin])
+                .env("KILN__ADMIN__TOKEN", token),
+        )
+    };
+    server
+        .site
+        .write_config(&Config::sqlite().greeting("two").render());
+    let out = kiln(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("generation 2") && out.stdout.contains("app.greeting"),
+        "a human summary of the reload: {out:?}"
+    );
+
+    let out = kiln(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    for field in [
+        "generation",
+        "2",
+        "kiln.toml",
+        "main",
+        "sqlite",
+        "AVAILABLE",
+    ] {
+        assert!(out.stdout.contains(field), "status shows {field}: {out:?}");
+    }
+    let status = printed_json(&kiln(&["status", "--json"]));
+    assert_eq!(status["generation"], 2, "{status}");
+
+    let out = kiln(&["history"]);
+    assert!(out.status.success(), "{out:?}");
+    for field in [
+        "GENERATION",
+        "TRIGGER",
+        "http-reload",
+        "app.greeting",
+        "127.0.0.1:",
+    ] {
+        assert!(out.stdout.contains(field), "history shows {field}: {out:?}");
+    }
+    let history = printed_json(&kiln(&["history", "--json"]));
+    assert_eq!(history[0]["generation"], 2, "{history}");
+
+    let out = kiln(&["config"]);
+    assert!(out.status.success(), "{out:?}");
+    for field in [
+        "app.greeting",
+        "two",
+        "pools.main.max_size",
+        "admin.token",
+        "***",
+    ] {
+        assert!(out.stdout.contains(field), "config shows {field}: {out:?}");
+    }
+    let config = printed_json(&kiln(&["config", "--json"]));
+    assert_eq!(config["app"]["greeting"], "two", "{config}");
+    assert_eq!(config["admin"]["token"], "***", "{config}");
+
+    let out = kiln(&["log-level"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("info") && out.stdout.contains("config"),
+        "{out:?}"
+    );
+    let out = kiln(&["log-level", "info,kiln::notes=debug"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("kiln::notes=debug"), "{out:?}");
+    let level = printed_json(&kiln(&["log-level", "--json"]));
+    assert_eq!(
+        level["filter"], "info,kiln::notes=debug,kiln::access=info",
+        "{level}"
+    );
+    assert_eq!(level["source"], "admin", "{level}");
+
+    let out = kiln(&["log-level", "info,kiln=loud"]);
+    assert!(!out.status.success(), "{out:?}");
+    util::assert_error_line(&out.stderr, &["kiln=loud", "unchanged"]);
+    let level = printed_json(&kiln(&["log-level", "--json"]));
+    assert_eq!(
+        level["filter"], "info,kiln::notes=debug,kiln::access=info",
+        "{level}"
+    );
+    server.assert_not_printed(token);
+    for out in [kiln(&["status"]), kiln(&["config"])] {
+        assert!(!out.stdout.contains(token), "{out:?}");
+    }
+}
+
+#[test]
+fn admin_commands_say_what_to_do_when_the_token_is_wrong() {
+    let token = "tok-0d3a-cli-secret";
+    let server = Server::start_with(&Config::sqlite().render(), &[("KILN__ADMIN__TOKEN", token)]);
+    // Missing for each command, wrong for one: within the failure budget
+    // (10 at once), so that each is answered 401, not 429.
+    let wrong = ["--token", "wrong"];
+    let tries = ADMIN_COMMANDS
+        .iter()
+        .map(|command| [*command].to_vec())
+        .chain([["status"].iter().chain(&wrong).copied().collect()]);
+    for args in tries {
+        let out = admin_command(&server, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let hint = if args.len() == 1 {
+            ["needs a token", "--token", "KILN__ADMIN__TOKEN"]
+        } else {
+            ["refused the token", "--token", "KILN__ADMIN__TOKEN"]
+        };
+        util::assert_error_line(&out.stderr, &hint);
+    }
+    // Past the budget, the answer says to wait and check the token.
+    for _ in 0..10 {
+        admin_command(&server, &["status", "--token", "wrong"]);
+    }
+    let out = admin_command(&server, &["status", "--token", token]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    util::assert_error_line(&out.stderr, &["too many failed", "--token"]);
+    util::wait_until(Duration::from_secs(30), "the budget to refill", || {
+        admin_command(&server, &["status", "--token", token])
+            .status
+            .success()
+    });
+    assert_eq!(server.history().len(), 0, "nothing was applied");
+}
+
+#[test]
+fn admin_commands_say_so_when_no_server_answers() {
+    let refusing = util::ClosedPort::new();
+    let closed = refusing.addr();
+    for command in ADMIN_COMMANDS {
+        let out =
+            util::run(util::kiln_command().args([command, "--admin", &format!("http://{closed}")]));
+        assert_eq!(out.status.code(), Some(3), "{command}: {out:?}");
+        util::assert_error_line(
+            &out.stderr,
+            &[
+                "cannot reach the admin API",
+                &closed.to_string(),
+                "is kiln running",
+            ],
         );
     }
 }
@@ -83,7 +270,7 @@ fn reload_command_prints_answer_and_fails_on_bad_config() {
     server
         .site
         .write_config(&Config::sqlite().greeting("cli two").render());
-    let out = util::run(util::kiln_command().args(["reload", "--admin", &admin]));
+    let out = util::run(util::kiln_command().args(["reload", "--json", "--admin", &admin]));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(printed_json(&out)["generation"], json!(2), "{out:?}");
     assert_eq!(server.get("/").body, "cli two");
@@ -160,10 +347,13 @@ fn reload_command_reaches_an_ipv6_admin_address() {
     let server = Server::start(&Config::sqlite().set_str("admin.listen", "[::1]:0").render());
     let admin = server.admin_addr();
     assert!(admin.is_ipv6(), "{admin}");
-    let out =
-        util::run(util::kiln_command().args(["reload", "--admin", &format!("http://{admin}")]));
+    let out = util::run(util::kiln_command().args([
+        "reload",
+        "--admin",
+        &format!("[{}]:{}", admin.ip(), admin.port()),
+    ]));
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout.contains("\"generation\": 2"), "{out:?}");
+    assert!(out.stdout.contains("generation 2"), "{out:?}");
 }
 
 #[test]

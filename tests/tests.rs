@@ -23,6 +23,7 @@ mod embed_resource;
 mod examples;
 mod fleet;
 mod limits;
+mod log_level;
 mod metrics_endpoint;
 mod notes_api;
 mod protocol;

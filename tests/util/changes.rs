@@ -29,6 +29,19 @@ impl Server {
     /// `headers` (`If-Match`, `Authorization`); the start-up token is sent
     /// unless `headers` carries an `Authorization` of its own.
     pub(crate) fn patch_config_raw(&self, body: &str, headers: &[(&str, &str)]) -> Reply {
+        self.admin_send("PATCH", "/admin/config", body, headers)
+    }
+
+    /// `method path` on the admin listener with `body` sent as-is, labelled
+    /// JSON, plus `headers`; the start-up token is sent unless `headers`
+    /// carries an `Authorization` of its own.
+    pub(crate) fn admin_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut all = vec![("content-type", "application/json")];
         if !headers
@@ -40,8 +53,8 @@ impl Server {
         all.extend_from_slice(headers);
         expect_reply(call(
             &self.agent,
-            "PATCH",
-            &self.admin_url("/admin/config"),
+            method,
+            &self.admin_url(path),
             &all,
             Some(body),
         ))

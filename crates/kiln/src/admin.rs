@@ -1,5 +1,6 @@
 //! The admin API: reload, patch, rollback, history, status, the
-//! effective configuration and its own OpenAPI document. A plain `Router` of
+//! effective configuration, the live log filter and its own OpenAPI
+//! document. A plain `Router` of
 //! a [`Kiln`] handle; the server serves it at `/admin` on its own listener,
 //! an embedding app nests it wherever it likes. Every error it answers is a
 //! [`Refusal`]: JSON `{"error", "generation", ...}`.
@@ -34,6 +35,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use self::budget::FailureBudget;
 use self::guard::Hosts;
 use crate::error::ErrorBody;
+use crate::logging::{FilterError, LogFilter};
 use crate::{App, Kiln, Refusal, ReloadError, ReloadOutcome, Trigger};
 
 /// Where the admin router is served.
@@ -87,6 +89,8 @@ pub(crate) fn router<A: App>(kiln: Kiln<A>, mount: Mount) -> Router {
         .add(fleet::__path_view, fleet::view::<A>)
         .add(fleet::__path_publish, fleet::publish::<A>)
         .add(fleet::__path_rollback, fleet::rollback::<A>)
+        .add(__path_log_level, log_level::<A>)
+        .add(__path_set_log_level, set_log_level::<A>)
         .add(__path_openapi, openapi::<A>);
     router
         .fallback(not_found::<A>)
@@ -154,7 +158,13 @@ fn method_filter(method: &HttpMethod) -> MethodFilter {
         title = "kiln admin API",
         description = "Reload, patch, roll back and inspect a running kiln. Every error is JSON: `{\"error\", \"generation\", ...}`."
     ),
-    components(schemas(ErrorBody, crate::fleet::FleetView, self::fleet::Publish))
+    components(schemas(
+        ErrorBody,
+        crate::fleet::FleetView,
+        self::fleet::Publish,
+        LogFilter,
+        SetLogFilter
+    ))
 )]
 struct AdminApi;
 
@@ -471,15 +481,7 @@ async fn patch<A: App>(
     let Json(patch) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return Refusal::new(
-                rejection.status(),
-                format!(
-                    "{}: send a JSON merge patch (an object) with Content-Type: application/json",
-                    rejection.body_text()
-                ),
-                kiln.current().id(),
-            )
-            .into_response();
+            return json_refused(&kiln, &rejection, "a JSON merge patch (an object)");
         }
     };
     let if_match = match if_match(&headers, &kiln) {
@@ -562,4 +564,78 @@ async fn config<A: App>(State(kiln): State<Kiln<A>>) -> Response {
         HeaderValue::from_str(&format!("\"{}\"", kiln.etag())).expect("digits are a valid header"),
     );
     (headers, Json(generation.config())).into_response()
+}
+
+/// A body axum could not take as JSON (400, 413, 415, 422), in the error
+/// shape, saying what to send.
+fn json_refused<A: App>(kiln: &Kiln<A>, rejection: &JsonRejection, expected: &str) -> Response {
+    Refusal::new(
+        rejection.status(),
+        format!(
+            "{}: send {expected} with Content-Type: application/json",
+            rejection.body_text()
+        ),
+        kiln.current().id(),
+    )
+    .into_response()
+}
+
+/// The body of `PUT /admin/log-level`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SetLogFilter {
+    /// `tracing_subscriber::EnvFilter` directives: `debug`,
+    /// `info,kiln=debug,tokio_postgres=warn`, `warn,kiln::reload=trace`.
+    #[schema(min_length = 1, max_length = 1024, example = "info,kiln=debug")]
+    filter: String,
+}
+
+/// The live log filter as an answer, or why kiln cannot give it.
+fn filter_answer<A: App>(kiln: &Kiln<A>, result: Result<LogFilter, FilterError>) -> Response {
+    match result {
+        Ok(filter) => Json(filter).into_response(),
+        Err(e) => Refusal::new(e.status(), e.to_string(), kiln.current().id()).into_response(),
+    }
+}
+
+/// `GET /admin/log-level`: the log filter in force.
+#[utoipa::path(
+    get,
+    path = "/log-level",
+    responses(
+        (status = 200, description = "The log filter in force and where it came from.", body = LogFilter),
+        (status = 409, description = "This process's log subscriber is not kiln's (an embedding application that did not call `kiln::logging::init`).", body = ErrorBody),
+    )
+)]
+async fn log_level<A: App>(State(kiln): State<Kiln<A>>) -> Response {
+    filter_answer(&kiln, crate::logging::current())
+}
+
+/// `PUT /admin/log-level`: replaces the log filter, on every worker at once,
+/// until a reload that changes `log.level`.
+#[utoipa::path(
+    put,
+    path = "/log-level",
+    request_body(content = SetLogFilter, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied on every thread; in force until a reload changes `log.level`.", body = LogFilter),
+        (status = 400, description = "The filter does not parse (the error names it), is empty, or the body is malformed JSON. Nothing changed.", body = ErrorBody),
+        (status = 409, description = "This process's log subscriber is not kiln's (an embedding application that did not call `kiln::logging::init`).", body = ErrorBody),
+        (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
+        (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 422, description = "The body is not `{\"filter\": \"...\"}`.", body = ErrorBody),
+    )
+)]
+async fn set_log_level<A: App>(
+    State(kiln): State<Kiln<A>>,
+    peer: Peer,
+    body: Result<Json<SetLogFilter>, JsonRejection>,
+) -> Response {
+    let Json(SetLogFilter { filter }) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return json_refused(&kiln, &rejection, r#"{"filter": "<EnvFilter directives>"}"#);
+        }
+    };
+    filter_answer(&kiln, crate::logging::set_filter(&filter, peer_addr(peer)))
 }

@@ -1,5 +1,6 @@
-//! A minimal client for the admin API, as `kiln reload` uses it: one
-//! request, bounded in time, its answer as JSON. It is part of the public
+//! A minimal client for the admin API, as the `kiln` admin commands
+//! (`reload`, `status`, `log-level`, ...) use it: one request, bounded in
+//! time, its answer as JSON. It is part of the public
 //! API so that tools embedding kiln can drive another kiln's admin API the
 //! same way the command line does.
 
@@ -15,8 +16,8 @@ use kiln_resources::within;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The admin URL is not `http://host:port`.
-    #[error("invalid admin URL {url:?}: expected http://HOST:PORT")]
+    /// The admin URL is not `http://host:port` (or `host:port`).
+    #[error("invalid admin URL {url:?}: expected http://HOST:PORT or HOST:PORT")]
     Url {
         /// The URL given.
         url: String,
@@ -48,10 +49,10 @@ pub enum ClientError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends `method` to `base` + `path` (e.g. `http://127.0.0.1:9090` or
-/// `http://[::1]:9090` + `/admin/reload`), with a bearer token when given,
-/// and returns the status and the body as JSON (`null` when the body is not
-/// JSON). Connecting may take 5 s; the whole exchange `timeout` (a reload
-/// answers once its warm-up is done).
+/// `http://[::1]:9090` + `/admin/reload`; `http://` may be left out), with a
+/// bearer token when given, and returns the status and the body as JSON
+/// (`null` when the body is not JSON). Connecting may take 5 s; the whole
+/// exchange `timeout` (a reload answers once its warm-up is done).
 ///
 /// # Errors
 ///
@@ -97,7 +98,14 @@ async fn exchange(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
-    let uri: Uri = base.parse().map_err(|_| ClientError::Url {
+    let with_scheme;
+    let url = if base.contains("://") {
+        base
+    } else {
+        with_scheme = format!("http://{base}");
+        &with_scheme
+    };
+    let uri: Uri = url.parse().map_err(|_| ClientError::Url {
         url: base.to_owned(),
     })?;
     let authority = match (uri.scheme_str(), uri.authority()) {

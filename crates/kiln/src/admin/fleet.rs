@@ -150,15 +150,11 @@ pub(super) async fn publish<A: App>(
     let Json(Publish { document, message }) = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return Refusal::new(
-                rejection.status(),
-                format!(
-                    "{}: send {{\"document\": \"<TOML>\", \"message\": \"…\"}} with Content-Type: application/json",
-                    rejection.body_text()
-                ),
-                kiln.current().id(),
-            )
-            .into_response();
+            return super::json_refused(
+                &kiln,
+                &rejection,
+                r#"{"document": "<TOML>", "message": "…"}"#,
+            );
         }
     };
     let if_match = match if_match(&headers, &kiln) {
