@@ -1,8 +1,13 @@
-//! The live log filter (`GET`/`PUT /admin/log-level`): checked before it
-//! applies, effective at once on every worker, audited, guarded by the
-//! token, and reset by the next reload that changes `log.level`.
+//! Logs an operator can steer and read: the live log filter (`GET`/`PUT
+//! /admin/log-level`: checked before it applies, effective at once on every
+//! worker, audited, guarded by the token, reset by the next reload that
+//! changes `log.level`), JSON lines whose fields are keys, and the reload's
+//! phases as spans.
+
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::util::{self, APPLY_TIMEOUT, Config, Server, Site, send};
 
@@ -227,5 +232,131 @@ async fn log_level_without_kilns_subscriber_says_why() {
                 .contains("kiln::logging::init"),
             "{body}"
         );
+    }
+}
+
+#[test]
+fn json_logs_carry_the_fields_and_the_reload_phases_as_keys() {
+    let base = Config::sqlite().set_str("log.format", "json");
+    let server = Server::start(&base.clone().greeting("one").render());
+    server.site.write_config(&base.greeting("two").render());
+    util::assert_reloaded(&server.reload(), 2, &["app.greeting"], &[]);
+    let line = server
+        .stderr
+        .wait_for(0, "\"Reloaded\"", APPLY_TIMEOUT)
+        .unwrap_or_else(|| panic!("no Reloaded line:\n{}", server.stderr.text()));
+    let event: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(event["message"], "Reloaded", "{event}");
+    assert_eq!(event["level"], "INFO", "{event}");
+    assert_eq!(event["trigger"], "http-reload", "{event}");
+    assert_eq!(event["generation"], 2, "{event}");
+    assert_eq!(event["changed"], "app.greeting", "{event}");
+    assert!(
+        event["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{event}"
+    );
+    for key in [
+        "took_ms",
+        "load_ms",
+        "validate_ms",
+        "build_ms",
+        "warm_ms",
+        "swap_ms",
+    ] {
+        assert!(event[key].is_u64(), "{key} is a number: {event}");
+    }
+}
+
+/// The reload's phases are spans of a `reload` span, in order, each with
+/// the `took_ms` it recorded.
+#[test]
+fn reload_phases_are_spans_with_durations() {
+    let site = Site::new(&Config::sqlite().greeting("one").render());
+    let spans = SpanLog::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let outcome = tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let loaded = kiln::load_config(&site.config_path()).expect("a valid config");
+            let kiln = kiln::Kiln::start(util::GreetingApp, loaded)
+                .await
+                .expect("kiln starts");
+            site.write_config(&Config::sqlite().greeting("two").render());
+            kiln.reload(kiln::Trigger::Api).await
+        })
+    });
+    assert_eq!(outcome.expect("the reload applies").generation, 2);
+    let closed = spans.0.lock().unwrap().clone();
+    let phases: Vec<&str> = closed
+        .iter()
+        .filter(|span| span.parent.as_deref() == Some("reload"))
+        .map(|span| span.name)
+        .collect();
+    assert_eq!(
+        phases,
+        ["load", "validate", "build", "warm", "swap"],
+        "{closed:?}"
+    );
+    for span in closed.iter().filter(|span| span.parent.is_some()) {
+        assert!(span.took_ms.is_some(), "{span:?} has took_ms");
+    }
+    assert!(
+        closed.iter().any(|span| span.name == "reload"),
+        "{closed:?}"
+    );
+}
+
+/// A closed span: its name, its parent's, and the `took_ms` it recorded.
+#[derive(Clone, Debug)]
+struct ClosedSpan {
+    name: &'static str,
+    parent: Option<String>,
+    took_ms: Option<u64>,
+}
+
+/// Records every span as it closes.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Vec<ClosedSpan>>>);
+
+/// `took_ms`, kept in the span's extensions until it closes.
+struct TookMs(u64);
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Took(Option<u64>);
+        impl tracing::field::Visit for Took {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "took_ms" {
+                    self.0 = Some(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut took = Took(None);
+        values.record(&mut took);
+        if let (Some(took), Some(span)) = (took.0, ctx.span(id)) {
+            span.extensions_mut().insert(TookMs(took));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let span = ctx.span(&id).expect("a closing span exists");
+        let closed = ClosedSpan {
+            name: span.name(),
+            parent: span.parent().map(|parent| parent.name().to_owned()),
+            took_ms: span.extensions().get::<TookMs>().map(|took| took.0),
+        };
+        self.0.lock().unwrap().push(closed);
     }
 }

@@ -1,6 +1,14 @@
 //! The reload path: read the source, validate, diff, build and warm what
 //! changed, build the app on every worker, then swap. Serialized; any
 //! failure leaves the current generation serving, untouched.
+//!
+//! Each reload is a `reload` span (with its trigger) whose phases are spans
+//! of their own, each recording its `took_ms`: `load` (pick and read the
+//! candidate text), `validate` (parse and check it, refuse restart-only
+//! changes, diff), `build` (build and warm the pools and resources that
+//! changed), `warm` (prepare the app, build it on every worker and serve the
+//! warm requests) and `swap` (write the text back for a patch or rollback,
+//! then publish). The `Reloaded` line carries each phase's time too.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +19,7 @@ use kiln_config::{FileFormat, PatchError};
 use kiln_resources::{ErrorChain, Pool};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::generation::build_generation;
 use crate::history::HistoryEntry;
@@ -207,8 +216,10 @@ impl<A: App> Kiln<A> {
         let mut previous_text = self.shared.reload_lock.lock().await;
         // Under the lock, so that queued reloads tell systemd one at a time.
         self.shared.systemd.reloading();
+        let mut phases = Phases::default();
         let result = self
-            .apply_locked(&mut previous_text, started, trigger, choose)
+            .apply_locked(&mut previous_text, started, trigger, &mut phases, choose)
+            .instrument(tracing::info_span!("reload", %trigger))
             .await;
         self.shared
             .systemd
@@ -224,13 +235,27 @@ impl<A: App> Kiln<A> {
                 %trigger,
                 peer = peer.map(tracing::field::display),
                 generation = outcome.generation,
-                changed = ?outcome.changed,
-                rebuilt = ?outcome.rebuilt,
+                changed = outcome.changed.join(","),
+                rebuilt = outcome.rebuilt.join(","),
                 took_ms = outcome.took.as_millis() as u64,
+                load_ms = phases.ms(Phase::Load),
+                validate_ms = phases.ms(Phase::Validate),
+                build_ms = phases.ms(Phase::Build),
+                warm_ms = phases.ms(Phase::Warm),
+                swap_ms = phases.ms(Phase::Swap),
                 "Reloaded"
             ),
             Err(e) => {
-                tracing::error!(%trigger, peer = peer.map(tracing::field::display), error = %ErrorChain(e), "Reload refused; the current generation keeps serving")
+                tracing::error!(
+                    %trigger,
+                    peer = peer.map(tracing::field::display),
+                    error = %ErrorChain(e),
+                    load_ms = phases.ms(Phase::Load),
+                    validate_ms = phases.ms(Phase::Validate),
+                    build_ms = phases.ms(Phase::Build),
+                    warm_ms = phases.ms(Phase::Warm),
+                    "Reload refused; the current generation keeps serving"
+                )
             }
         }
         result
@@ -245,48 +270,66 @@ impl<A: App> Kiln<A> {
         previous_text: &mut Option<String>,
         started: tokio::time::Instant,
         trigger: Trigger,
+        phases: &mut Phases,
         choose: impl Choose<A::Config>,
     ) -> Result<ReloadOutcome, ReloadError> {
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
         }
         let current = self.current();
-        let (candidate, loaded) = blocking({
-            let source = self.shared.source.clone();
-            let (current, previous) = (current.clone(), previous_text.clone());
-            move || {
-                let candidate = choose(source.as_ref(), &current, &previous)?;
-                let loaded = match &candidate {
-                    Candidate::Stored => source.load()?,
-                    Candidate::Text(text, _) | Candidate::Published(text) => {
-                        source.parse(text.clone())?
+        let source = &self.shared.source;
+        let (candidate, text) = phases
+            .run(
+                Phase::Load,
+                blocking({
+                    let source = source.clone();
+                    let (current, previous) = (current.clone(), previous_text.clone());
+                    move || {
+                        let candidate = choose(source.as_ref(), &current, &previous)?;
+                        let text = match &candidate {
+                            Candidate::Stored => source.read()?,
+                            Candidate::Text(text, _) | Candidate::Published(text) => text.clone(),
+                        };
+                        Ok::<_, ReloadError>((candidate, text))
                     }
-                };
-                Ok::<_, ReloadError>((candidate, loaded))
-            }
-        })
-        .await?;
-        let restart = current.config().restart_required(&loaded.config);
-        if !restart.is_empty() {
-            return Err(ReloadError::RestartRequired { keys: restart });
-        }
+                }),
+            )
+            .await?;
+        let (loaded, changed, level_changed) = phases
+            .run(Phase::Validate, async {
+                let loaded = blocking({
+                    let source = source.clone();
+                    move || source.parse(text)
+                })
+                .await?;
+                let restart = current.config().restart_required(&loaded.config);
+                if !restart.is_empty() {
+                    return Err(ReloadError::RestartRequired { keys: restart });
+                }
+                let level_changed = loaded.config.log.level != current.config().log.level;
+                if level_changed {
+                    crate::logging::check_level_change()?;
+                }
+                let changed = kiln_config::diff(current.raw(), &loaded.raw);
+                Ok((loaded, changed, level_changed))
+            })
+            .await?;
         let level = loaded.config.log.level;
-        let level_changed = level != current.config().log.level;
-        if level_changed {
-            crate::logging::check_level_change()?;
-        }
-        let changed = kiln_config::diff(current.raw(), &loaded.raw);
-        let building = std::time::Instant::now();
-        let generation = build_generation(
-            &self.shared.registry,
-            self.base_dir(),
-            current.id() + 1,
-            loaded,
-            Some(&current),
-        )
-        .await?;
-        let metrics = &self.shared.metrics;
-        metrics.warmed(crate::metrics::Phase::Resources, building.elapsed());
+        let generation = phases
+            .run(
+                Phase::Build,
+                build_generation(
+                    &self.shared.registry,
+                    self.base_dir(),
+                    current.id() + 1,
+                    loaded,
+                    Some(&current),
+                ),
+            )
+            .await?;
+        self.shared
+            .metrics
+            .warmed(crate::metrics::Phase::Resources, phases.took(Phase::Build));
         let generation = Arc::new(generation);
         let mut refused = CloseIfRefused(Some(&generation));
         // The old generation's pools the new one does not share.
@@ -296,25 +339,36 @@ impl<A: App> Kiln<A> {
             .filter(|(name, _)| generation.pool(name).is_none() || generation.is_new(name))
             .map(|(_, pool)| pool.clone())
             .collect();
-        let staged = self.stage(generation.clone(), generation.built()).await?;
+        let staged = phases
+            .run(
+                Phase::Warm,
+                self.stage(generation.clone(), generation.built()),
+            )
+            .await?;
         // A drain that began meanwhile is closing the pools: publish nothing.
         if self.shared.readiness.is_draining() {
             return Err(ReloadError::Draining);
         }
         let rebuilt = [generation.built(), staged.rebuilt()].concat();
-        if let Candidate::Text(text, message) = candidate {
-            let (source, current) = (self.shared.source.clone(), current.clone());
-            let peer = crate::history::peer().map(|peer| format!(" from {peer}"));
-            let message =
-                message.unwrap_or_else(|| format!("{trigger}{}", peer.unwrap_or_default()));
-            blocking(move || source.write(current.text(), &text, current.id(), &message)).await?;
-        }
-        refused.0 = None;
-        let generation = staged.generation_id();
-        self.swap(staged);
-        if level_changed {
-            crate::logging::set_level(level);
-        }
+        let generation = phases
+            .run(Phase::Swap, async {
+                if let Candidate::Text(text, message) = candidate {
+                    let (source, current) = (source.clone(), current.clone());
+                    let peer = crate::history::peer().map(|peer| format!(" from {peer}"));
+                    let message =
+                        message.unwrap_or_else(|| format!("{trigger}{}", peer.unwrap_or_default()));
+                    blocking(move || source.write(current.text(), &text, current.id(), &message))
+                        .await?;
+                }
+                refused.0 = None;
+                let generation = staged.generation_id();
+                self.swap(staged);
+                if level_changed {
+                    crate::logging::set_level(level);
+                }
+                Ok::<_, ReloadError>(generation)
+            })
+            .await?;
         current.retire_when_dropped(replaced);
         *previous_text = Some(current.text().to_owned());
 
@@ -325,6 +379,56 @@ impl<A: App> Kiln<A> {
             rebuilt,
             took: started.elapsed(),
         })
+    }
+}
+
+/// A phase of a reload: a span of its own under the `reload` span.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Load,
+    Validate,
+    Build,
+    Warm,
+    Swap,
+}
+
+impl Phase {
+    /// The phase's span (span names are literals, so one arm each).
+    fn span(self) -> tracing::Span {
+        let took_ms = tracing::field::Empty;
+        match self {
+            Self::Load => tracing::info_span!("load", took_ms),
+            Self::Validate => tracing::info_span!("validate", took_ms),
+            Self::Build => tracing::info_span!("build", took_ms),
+            Self::Warm => tracing::info_span!("warm", took_ms),
+            Self::Swap => tracing::info_span!("swap", took_ms),
+        }
+    }
+}
+
+/// How long each phase of one reload took; zero for a phase not reached.
+#[derive(Debug, Default)]
+struct Phases([Duration; 5]);
+
+impl Phases {
+    /// Runs `work` as `phase`, in its span, and records how long it took
+    /// (in the span's `took_ms` too).
+    async fn run<T>(&mut self, phase: Phase, work: impl Future<Output = T>) -> T {
+        let span = phase.span();
+        let started = tokio::time::Instant::now();
+        let out = work.instrument(span.clone()).await;
+        let took = started.elapsed();
+        span.record("took_ms", took.as_millis() as u64);
+        self.0[phase as usize] = took;
+        out
+    }
+
+    fn took(&self, phase: Phase) -> Duration {
+        self.0[phase as usize]
+    }
+
+    fn ms(&self, phase: Phase) -> u64 {
+        self.took(phase).as_millis() as u64
     }
 }
 
@@ -343,9 +447,11 @@ impl<C> Drop for CloseIfRefused<'_, C> {
     }
 }
 
-/// Runs `work` on the blocking pool (file reads, `toml_edit`, fsync).
+/// Runs `work` on the blocking pool (file reads, `toml_edit`, fsync), in
+/// the caller's span.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }

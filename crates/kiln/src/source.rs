@@ -50,8 +50,8 @@ pub(crate) async fn open<C: AppConfig>(
 ///   version's document), compared with the current generation's text to
 ///   tell whether anything changed and whether a write would overwrite an
 ///   edit not loaded yet.
-/// - [`parse`](Self::parse) and [`load`](Self::load): a text, or the stored
-///   one, made into a validated [`Loaded`], environment overrides applied.
+/// - [`parse`](Self::parse): a text (the stored one, or a candidate) made
+///   into a validated [`Loaded`], environment overrides applied.
 ///   The fleet overlays its document on the local bootstrap file here; the
 ///   `Loaded::text` it returns is the text `PATCH` edits and
 ///   [`write`](Self::write) compares against.
@@ -89,15 +89,6 @@ pub(crate) trait Source<C>: Send + Sync + 'static {
     ///
     /// A [`ConfigError`] naming the source and the key.
     fn parse(&self, text: String) -> Result<Loaded<C>, ConfigError>;
-
-    /// Reads and parses the stored text.
-    ///
-    /// # Errors
-    ///
-    /// As [`read`](Self::read) and [`parse`](Self::parse).
-    fn load(&self) -> Result<Loaded<C>, ReloadError> {
-        Ok(self.parse(self.read()?)?)
-    }
 
     /// The `ETag` of the configuration whose text is `text`, served by
     /// generation `generation`: the generation, unless the source has
