@@ -165,6 +165,7 @@ fn a_bad_filter_is_refused_naming_the_error_and_changes_nothing() {
     assert!(error.contains("kiln=loud"), "names the directive: {body}");
     for (body, status) in [
         (r#"{"filter": ""}"#, 400),
+        (&json!({ "filter": "0".repeat(1025) }).to_string(), 400),
         (r#"{"filter": "info", "extra": 1}"#, 422),
         (r#"{"filter": 3}"#, 422),
         ("debug", 400),

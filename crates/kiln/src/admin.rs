@@ -586,6 +586,7 @@ fn json_refused<A: App>(kiln: &Kiln<A>, rejection: &JsonRejection, expected: &st
 struct SetLogFilter {
     /// `tracing_subscriber::EnvFilter` directives: `debug`,
     /// `info,kiln=debug,tokio_postgres=warn`, `warn,kiln::reload=trace`.
+    // max_length: logging::MAX_FILTER_CHARS (the attribute takes a literal).
     #[schema(min_length = 1, max_length = 1024, example = "info,kiln=debug")]
     filter: String,
 }
@@ -619,7 +620,7 @@ async fn log_level<A: App>(State(kiln): State<Kiln<A>>) -> Response {
     request_body(content = SetLogFilter, content_type = "application/json"),
     responses(
         (status = 200, description = "Applied on every thread; in force until a reload changes `log.level`.", body = LogFilter),
-        (status = 400, description = "The filter does not parse (the error names it), is empty, or the body is malformed JSON. Nothing changed.", body = ErrorBody),
+        (status = 400, description = "The filter does not parse (the error names it), is empty or longer than 1024 characters, or the body is malformed JSON. Nothing changed.", body = ErrorBody),
         (status = 409, description = "This process's log subscriber is not kiln's (an embedding application that did not call `kiln::logging::init`).", body = ErrorBody),
         (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),

@@ -56,6 +56,10 @@ const RUST_LOG: &str = "RUST_LOG";
 /// The access log's target (as `observe` logs it).
 const ACCESS_TARGET: &str = "kiln::access";
 
+/// The longest filter `PUT /admin/log-level` takes (its schema's
+/// `maxLength` says the same).
+pub(crate) const MAX_FILTER_CHARS: usize = 1024;
+
 /// The subscriber [`init`] installed.
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
@@ -109,6 +113,14 @@ pub(crate) enum FilterError {
         /// What the parser said.
         source: tracing_subscriber::filter::ParseError,
     },
+    /// Longer than anyone types: refused rather than stored and logged.
+    #[error(
+        "log filter of {length} characters: at most {MAX_FILTER_CHARS}; the filter in force is unchanged"
+    )]
+    TooLong {
+        /// Its length.
+        length: usize,
+    },
     /// No directive at all.
     #[error(
         "empty log filter: send directives such as `debug` or `info,kiln=debug`; the filter in force is unchanged"
@@ -121,7 +133,7 @@ impl FilterError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NotManaged => StatusCode::CONFLICT,
-            Self::Invalid { .. } | Self::Empty => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } | Self::TooLong { .. } | Self::Empty => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -241,6 +253,10 @@ pub(crate) fn set_filter(
     let directives = directives.trim();
     if directives.is_empty() {
         return Err(FilterError::Empty);
+    }
+    let length = directives.chars().count();
+    if length > MAX_FILTER_CHARS {
+        return Err(FilterError::TooLong { length });
     }
     // Field values are matched literally, not as regexes (as linkerd does):
     // an operator's typo must not cost every event a regex.
