@@ -31,6 +31,16 @@ fn get_filter(server: &Server) -> Value {
     reply.json()
 }
 
+/// Asserts the filter in force is the configuration's `level`.
+fn assert_config_filter(server: &Server, level: &str) {
+    let state = get_filter(server);
+    assert_eq!(state["source"], "config", "{state}");
+    assert!(
+        state["filter"].as_str().unwrap().starts_with(level),
+        "{state}"
+    );
+}
+
 /// Creates `count` notes, each on a connection of its own (the workers
 /// share the listener, so they are spread over them).
 fn create_notes(server: &Server, count: usize) {
@@ -85,12 +95,7 @@ const AUDIT: &str = "Log filter set";
 fn log_level_set_live_kept_by_reloads_and_reset_by_a_level_change() {
     let base = Config::sqlite().greeting("one");
     let server = Server::start(&base.render());
-    let state = get_filter(&server);
-    assert_eq!(state["source"], "config", "{state}");
-    assert!(
-        state["filter"].as_str().unwrap().starts_with("info"),
-        "{state}"
-    );
+    assert_config_filter(&server, "info");
 
     let from = server.stderr.len();
     create_notes(&server, 2);
@@ -138,12 +143,7 @@ fn log_level_set_live_kept_by_reloads_and_reset_by_a_level_change() {
         .site
         .write_config(&two.set_str("log.level", "warn").render());
     util::assert_reloaded(&server.reload(), 3, &["log.level"], &[]);
-    let state = get_filter(&server);
-    assert_eq!(state["source"], "config", "{state}");
-    assert!(
-        state["filter"].as_str().unwrap().starts_with("warn"),
-        "{state}"
-    );
+    assert_config_filter(&server, "warn");
     let from = server.stderr.len();
     create_notes(&server, 2);
     // Turning logging up is audited under the new filter: the marker.

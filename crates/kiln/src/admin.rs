@@ -170,8 +170,19 @@ struct AdminApi;
 
 /// Documents the answers every admin route can give before its handler
 /// runs: the browser guard (403), the token (401) and its failure budget
-/// (429).
+/// (429); and for a route with a JSON body, axum's refusals of the body
+/// (413, 415).
 fn guarded(operation: &mut utoipa::openapi::path::Operation) {
+    let body_refusals = [
+        ("413", "The body is larger than 2 MiB."),
+        ("415", "The body is not `Content-Type: application/json`."),
+    ];
+    let body_refusals = operation
+        .request_body
+        .is_some()
+        .then_some(body_refusals)
+        .into_iter()
+        .flatten();
     let refusals = [
         (
             "401",
@@ -186,7 +197,7 @@ fn guarded(operation: &mut utoipa::openapi::path::Operation) {
             "Too many failed authentications: retry after `Retry-After` seconds.",
         ),
     ];
-    for (status, description) in refusals {
+    for (status, description) in refusals.into_iter().chain(body_refusals) {
         operation
             .responses
             .responses
@@ -462,8 +473,6 @@ async fn restart<A: App>(State(kiln): State<Kiln<A>>) -> Response {
         (status = 400, description = "Malformed JSON, an `If-Match` that is not an ETag list, or a `wait` other than `all`.", body = ErrorBody),
         (status = 409, description = "Keys that need a restart changed (`keys`), a key the environment overrides (`key`, `variable`), the file was edited since it was loaded, or `log.level` where kiln does not manage the log subscriber.", body = ErrorBody),
         (status = 412, description = "`If-Match` names an older generation (fleet version), or another change was published first.", body = ErrorBody),
-        (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
-        (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
         (status = 422, description = "The body is not a JSON object, the patched configuration is invalid (`key`), or the patch cannot be applied.", body = ErrorBody),
         (status = 500, description = "The file could not be written; nothing was applied.", body = ErrorBody),
         (status = 503, description = "A resource could not be built or warmed (`resource`), the server is draining, or the fleet store is unreachable.", body = ErrorBody),
@@ -622,8 +631,6 @@ async fn log_level<A: App>(State(kiln): State<Kiln<A>>) -> Response {
         (status = 200, description = "Applied on every thread; in force until a reload changes `log.level`.", body = LogFilter),
         (status = 400, description = "The filter does not parse (the error names it), is empty or longer than 1024 characters, or the body is malformed JSON. Nothing changed.", body = ErrorBody),
         (status = 409, description = "This process's log subscriber is not kiln's (an embedding application that did not call `kiln::logging::init`).", body = ErrorBody),
-        (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
-        (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
         (status = 422, description = "The body is not `{\"filter\": \"...\"}`.", body = ErrorBody),
     )
 )]

@@ -131,8 +131,6 @@ pub(super) struct Publish {
         (status = 400, description = "Malformed JSON, an `If-Match` that is not an ETag list, or a `wait` other than `all`.", body = ErrorBody),
         (status = 409, description = "Not in a fleet, keys that need a restart changed (`keys`), or a key the environment overrides.", body = ErrorBody),
         (status = 412, description = "The fleet moved on since `If-Match` (or since this instance's version).", body = ErrorBody),
-        (status = 413, description = "The body is larger than 2 MiB.", body = ErrorBody),
-        (status = 415, description = "The body is not `Content-Type: application/json`.", body = ErrorBody),
         (status = 422, description = "The document is invalid here (`key`), or sets `[fleet]` or `[admin]`.", body = ErrorBody),
         (status = 503, description = "The fleet store is unreachable, a resource could not be built or warmed (`resource`), or the server is draining.", body = ErrorBody),
     )
