@@ -162,6 +162,7 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         ("GET", "/config"),
         ("GET", "/fleet"),
         ("GET", "/history"),
+        ("GET", "/log-level"),
         ("GET", "/metrics"),
         ("GET", "/openapi.json"),
         ("GET", "/status"),
@@ -171,6 +172,7 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         ("POST", "/reload"),
         ("POST", "/restart"),
         ("POST", "/rollback"),
+        ("PUT", "/log-level"),
     ];
     let expected: Vec<_> = expected
         .iter()
@@ -210,6 +212,11 @@ fn openapi_document_describes_every_admin_route_and_its_errors() {
         patch["responses"]["412"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/Error"
     );
+    // A JSON body can be refused as too large or not JSON, wherever it is taken.
+    let put = &doc["paths"]["/log-level"]["put"]["responses"];
+    for status in ["200", "400", "409", "413", "415", "422"] {
+        assert!(put.get(status).is_some(), "PUT /log-level {status}: {put}");
+    }
     let error = &doc["components"]["schemas"]["Error"];
     assert_eq!(error["required"], json!(["error", "generation"]), "{error}");
     for field in ["error", "generation", "key", "keys", "resource"] {
