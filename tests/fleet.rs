@@ -15,7 +15,7 @@ use crate::util::{self, Config, PgProxy, PgSchema, Reply, Server, Site, wait_unt
 
 /// How long convergence may take on a busy machine (debug build, several
 /// servers per test, two tests at once).
-const CONVERGE: Duration = Duration::from_secs(30);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Instance `name` of the test's fleet, with the store at `store`.
 fn member_at(pg: &PgSchema, store: &str, name: &str) -> Config {
@@ -27,13 +27,13 @@ fn member_at(pg: &PgSchema, store: &str, name: &str) -> Config {
         .set_str("fleet.heartbeat", "1s")
 }
 
-fn member(pg: &PgSchema, name: &str) -> Config {
+pub(crate) fn member(pg: &PgSchema, name: &str) -> Config {
     member_at(pg, &pg.url(), name)
 }
 
 /// Instance names are unique across the tests sharing the database, since
 /// they name the store connections (`application_name`).
-fn instance(pg: &PgSchema, name: &str) -> String {
+pub(crate) fn instance(pg: &PgSchema, name: &str) -> String {
     format!("{}-{name}", pg.name())
 }
 
@@ -51,7 +51,7 @@ fn patch(server: &Server, query: &str, patch: &Value, headers: &[(&str, &str)]) 
     .unwrap_or_else(|e| panic!("PATCH failed: {e}"))
 }
 
-fn fleet(server: &Server) -> Value {
+pub(crate) fn fleet(server: &Server) -> Value {
     let reply = server.admin_get("/admin/fleet");
     assert_eq!(reply.status, 200, "{reply:?}");
     reply.json()
@@ -74,7 +74,7 @@ fn states(view: &Value) -> Vec<(String, String)> {
 
 /// Waits until `/admin/fleet` on `server` shows `expected` (instance, state)
 /// rows, in name order.
-fn wait_for_states(server: &Server, expected: &[(String, &str)]) -> Value {
+pub(crate) fn wait_for_states(server: &Server, expected: &[(String, &str)]) -> Value {
     let mut view = Value::Null;
     wait_until(
         CONVERGE,
@@ -435,7 +435,7 @@ fn a_fleet_document_may_not_set_admin_or_fleet() {
 }
 
 /// `POST /admin/fleet/{publish,rollback}` with `?wait=all`.
-fn post(server: &Server, path: &str, body: Option<&Value>) -> Reply {
+pub(crate) fn post(server: &Server, path: &str, body: Option<&Value>) -> Reply {
     let body = body.map(Value::to_string);
     util::call(
         &util::agent(),

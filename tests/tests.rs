@@ -22,6 +22,7 @@ mod embed_reload;
 mod embed_resource;
 mod examples;
 mod fleet;
+mod fleet_canary;
 mod limits;
 mod log_level;
 mod metrics_endpoint;

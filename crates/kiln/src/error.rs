@@ -252,7 +252,8 @@ impl ReloadError {
             | Self::Overridden { .. }
             | Self::LogNotManaged
             | Self::Drifted { .. }
-            | Self::NoPrevious => StatusCode::CONFLICT,
+            | Self::NoPrevious
+            | Self::Fleet(crate::FleetError::NothingToCanary { .. }) => StatusCode::CONFLICT,
             Self::Stale { .. } | Self::Fleet(crate::FleetError::Stale { .. }) => {
                 StatusCode::PRECONDITION_FAILED
             }

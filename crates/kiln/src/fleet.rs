@@ -15,6 +15,7 @@
 mod follow;
 mod postgres;
 mod publish;
+mod rollout;
 mod store;
 
 use std::collections::HashMap;
@@ -27,10 +28,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use self::postgres::PgStore;
+pub(crate) use self::rollout::Canary;
+use self::rollout::Rollout;
+pub(crate) use self::rollout::RolloutView;
 pub(crate) use self::store::Report;
 use self::store::{
-    Draft, FleetStore, Identity, InstanceRow, Published, ReportState, StoreError, StoreHealth,
-    Version, VersionMeta,
+    CanaryPlan, Draft, FleetStore, Identity, InstanceRow, Published, ReportState, StoreError,
+    StoreHealth, Version, VersionMeta,
 };
 use crate::{ReloadError, StartError};
 
@@ -53,6 +57,14 @@ pub enum FleetError {
         fleet: String,
         /// The version it is at.
         current: u64,
+    },
+    /// A canary needs a version for the others to keep, and to return to.
+    #[error(
+        "fleet {fleet:?} has no version yet: a canary needs one to return to; publish the first version without a canary"
+    )]
+    NothingToCanary {
+        /// The fleet's name.
+        fleet: String,
     },
     /// At start-up the store could not be reached, and no document was
     /// cached by an earlier run.
@@ -94,6 +106,9 @@ struct Known {
     /// The desired version last read, for `/admin/fleet` while the store is
     /// unreachable.
     desired: Option<VersionMeta>,
+    /// Whether the desired version read last is in a canary rollout: then
+    /// this instance tries to drive it.
+    rolling_out: bool,
 }
 
 /// The last applied document, as cached beside the configuration file.
@@ -139,10 +154,11 @@ impl Fleet {
             config,
             known: Mutex::default(),
         });
-        let desired = match fleet.store.desired(fleet.name()).await {
+        let desired = match fleet.target().await {
             Ok(desired) => desired,
             Err(e) => match fleet.read_cache() {
                 Some(cached) => {
+                    fleet.record(&cached);
                     tracing::warn!(
                         store = %fleet.store.describe(),
                         error = %e,
@@ -162,10 +178,7 @@ impl Fleet {
             },
         };
         let document = match &desired {
-            Some(version) => {
-                fleet.record(version);
-                version.document.as_str()
-            }
+            Some(version) => version.document.as_str(),
             None => {
                 tracing::info!(
                     fleet = fleet.name(),
@@ -207,7 +220,7 @@ impl Fleet {
         known.versions.get(&sha256_hex(text)).copied().unwrap_or(0)
     }
 
-    /// Remembers `version`, before anything serves it.
+    /// Remembers `version`'s id for its document, before anything serves it.
     fn record(&self, version: &Version) {
         let mut known = self.known.lock().expect("known lock");
         let id = known
@@ -215,13 +228,23 @@ impl Fleet {
             .entry(version.meta.sha256.clone())
             .or_default();
         *id = (*id).max(version.id);
-        if known
-            .desired
+    }
+
+    /// Remembers `version` as the desired one (the pointer may move back:
+    /// a halted rollout).
+    fn record_desired(&self, version: &Version) {
+        self.record(version);
+        let mut known = self.known.lock().expect("known lock");
+        known.desired = Some(version.meta.clone());
+        known.rolling_out = version
+            .rollout
             .as_ref()
-            .is_none_or(|d| d.version <= version.id)
-        {
-            known.desired = Some(version.meta.clone());
-        }
+            .is_some_and(|r| r.phase.in_progress());
+    }
+
+    /// Whether the desired version read last is in a canary rollout.
+    pub(crate) fn rolling_out(&self) -> bool {
+        self.known.lock().expect("known lock").rolling_out
     }
 
     /// `document` laid over the file at `path` whose text is `local`;
@@ -251,9 +274,32 @@ impl Fleet {
     pub(crate) async fn desired(&self) -> Result<Option<Version>, FleetError> {
         let desired = self.store.desired(self.name()).await?;
         if let Some(version) = &desired {
-            self.record(version);
+            self.record_desired(version);
         }
         Ok(desired)
+    }
+
+    /// The version this instance should serve: the desired one, or while a
+    /// canary rollout of it leaves this instance out, the previous one.
+    pub(crate) async fn target(&self) -> Result<Option<Version>, FleetError> {
+        let Some(desired) = self.desired().await? else {
+            return Ok(None);
+        };
+        let target = desired.rollout.as_ref().map_or(desired.id, |rollout| {
+            rollout.target(desired.id, &self.identity.instance)
+        });
+        if target == desired.id {
+            return Ok(Some(desired));
+        }
+        let earlier = self.store.version(self.name(), target).await?;
+        let earlier = earlier.ok_or_else(|| FleetError::Unavailable {
+            reason: format!(
+                "fleet {:?} has no version {target}, which its rollout names",
+                self.name()
+            ),
+        })?;
+        self.record(&earlier);
+        Ok(Some(earlier))
     }
 
     /// The version the desired one was made from, with a message saying
@@ -289,17 +335,80 @@ impl Fleet {
             document,
             author: &author,
             message,
+            canary: None,
         };
+        Ok(self.publish_draft(expected, draft).await?.id)
+    }
+
+    /// Publishes `document` in place of version `expected` to a cohort of
+    /// `canary` live instances first, promoted to every instance once each
+    /// member ACKed and `hold` passed.
+    pub(crate) async fn publish_canary(
+        &self,
+        expected: u64,
+        document: &str,
+        message: &str,
+        canary: Canary,
+        hold: Duration,
+    ) -> Result<(u64, RolloutView), FleetError> {
+        if expected == 0 {
+            return Err(FleetError::NothingToCanary {
+                fleet: self.name().to_owned(),
+            });
+        }
+        let mut live: Vec<String> = self
+            .store
+            .instances(self.name())
+            .await?
+            .into_iter()
+            .filter(|row| row.silent_s <= self.missing_after())
+            .map(|row| row.instance)
+            .collect();
+        if !live.contains(&self.identity.instance) {
+            live.push(self.identity.instance.clone());
+        }
+        let author = format!("instance {}", self.identity.instance);
+        let draft = Draft {
+            document,
+            author: &author,
+            message,
+            canary: Some(CanaryPlan {
+                canary,
+                hold,
+                live: &live,
+            }),
+        };
+        let version = self.publish_draft(expected, draft).await?;
+        let rollout = version
+            .rollout
+            .as_ref()
+            .expect("a canary publish has a rollout");
+        tracing::info!(
+            fleet = self.name(),
+            version = version.id,
+            cohort = ?rollout.cohort,
+            hold = %humantime::format_duration(hold),
+            "Rolling out to a canary cohort first"
+        );
+        Ok((version.id, rollout.view()))
+    }
+
+    /// Seconds without a heartbeat after which an instance is `missing`.
+    fn missing_after(&self) -> f64 {
+        3.0 * self.config.heartbeat.as_secs_f64()
+    }
+
+    async fn publish_draft(&self, expected: u64, draft: Draft<'_>) -> Result<Version, FleetError> {
         match self.store.publish(self.name(), expected, draft).await? {
             Published::Version(version) => {
-                self.record(&version);
+                self.record_desired(&version);
                 tracing::info!(
                     fleet = self.name(),
                     version = version.id,
                     parent = expected,
                     "Published a fleet version"
                 );
-                Ok(version.id)
+                Ok(*version)
             }
             Published::Stale { current } => Err(FleetError::Stale {
                 fleet: self.name().to_owned(),
@@ -350,6 +459,7 @@ impl Fleet {
             None => known,
         };
         let desired_id = desired_meta.as_ref().map(|d| d.version);
+        let rollout = desired.flatten().and_then(|d| d.rollout);
         FleetView {
             fleet: self.name().to_owned(),
             instance: self.identity.instance.clone(),
@@ -358,39 +468,77 @@ impl Fleet {
                 health: self.store.health(),
             },
             desired: desired_meta,
+            rollout: rollout.as_ref().map(Rollout::view),
             instances: instances.map(|rows| {
                 rows.iter()
-                    .map(|row| self.instance_view(row, desired_id))
+                    .map(|row| self.instance_view(row, desired_id, rollout.as_ref()))
                     .collect()
             }),
         }
     }
 
-    /// Waits until every live instance has answered `version` (ACK or
-    /// NACK), or `fleet.ack_timeout`; every instance's state then.
-    pub(crate) async fn wait_all(&self, version: u64) -> Result<Vec<InstanceView>, FleetError> {
-        let deadline = tokio::time::Instant::now() + self.config.ack_timeout;
+    /// Waits until no rollout is in progress and every live instance has
+    /// answered the version meant for it (ACK or NACK), or for
+    /// `fleet.ack_timeout` plus `patience` (a rollout's hold and its
+    /// cohort's time); every instance's state then.
+    pub(crate) async fn wait_all(
+        &self,
+        patience: Duration,
+    ) -> Result<Vec<InstanceView>, FleetError> {
+        let deadline = tokio::time::Instant::now() + self.config.ack_timeout + patience;
         loop {
+            let desired = self.desired().await?;
             let rows = self.store.instances(self.name()).await?;
+            let rollout = desired.as_ref().and_then(|d| d.rollout.as_ref());
             let views: Vec<InstanceView> = rows
                 .iter()
-                .map(|row| self.instance_view(row, Some(version)))
+                .map(|row| self.instance_view(row, desired.as_ref().map(|d| d.id), rollout))
                 .collect();
-            let answered = views.iter().all(|view| {
-                view.state == "missing"
-                    || view.applied == Some(version)
-                    || (view.state == "rejected" && view.version == Some(version))
-            });
-            if answered || tokio::time::Instant::now() >= deadline {
+            let settled = rollout.is_none_or(|r| !r.phase.in_progress())
+                && views
+                    .iter()
+                    .all(|view| matches!(view.state, "missing" | "in-sync" | "rejected"));
+            if settled || tokio::time::Instant::now() >= deadline {
                 return Ok(views);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// An instance's row with its state as the fleet sees it.
-    fn instance_view(&self, row: &InstanceRow, desired: Option<u64>) -> InstanceView {
-        let periods = 3.0 * self.config.heartbeat.as_secs_f64();
+    /// How long a canary rollout with `hold` may take before it settles:
+    /// its cohort's `fleet.ack_timeout`, then the hold.
+    pub(crate) fn rollout_patience(&self, hold: Duration) -> Duration {
+        self.config.ack_timeout + hold
+    }
+
+    /// Drives the fleet's rollout one step if this instance holds its lock;
+    /// whether a rollout is still in progress.
+    pub(crate) async fn steward(&self) -> Result<bool, FleetError> {
+        use self::store::Stewarded;
+        Ok(
+            match self
+                .store
+                .steward(&self.identity, self.config.ack_timeout)
+                .await?
+            {
+                Stewarded::Idle => false,
+                Stewarded::Elsewhere => true,
+                Stewarded::Stepped(rollout) => rollout.phase.in_progress(),
+            },
+        )
+    }
+
+    /// An instance's row with its state as the fleet sees it: against the
+    /// version meant for it (`desired`, or outside a canary cohort the
+    /// previous one).
+    fn instance_view(
+        &self,
+        row: &InstanceRow,
+        desired: Option<u64>,
+        rollout: Option<&Rollout>,
+    ) -> InstanceView {
+        let desired = desired.map(|d| rollout.map_or(d, |r| r.target(d, &row.instance)));
+        let periods = self.missing_after();
         let answered_late = row
             .desired_age_s
             .is_some_and(|age| age > self.config.ack_timeout.as_secs_f64());
@@ -460,6 +608,7 @@ impl Fleet {
         }
         Some(Version {
             id: cached.version,
+            rollout: None,
             meta: VersionMeta {
                 version: cached.version,
                 sha256: cached.sha256,
@@ -502,8 +651,18 @@ pub(crate) struct FleetView {
     /// The desired version (the last one read while the store is
     /// unreachable); `null` before the first publish.
     desired: Option<VersionMeta>,
+    /// The canary rollout of the desired version (or the halted one it
+    /// replaced); `null` when it was published without a canary.
+    rollout: Option<RolloutView>,
     /// Every instance's row; `null` while the store is unreachable.
     instances: Option<Vec<InstanceView>>,
+}
+
+impl FleetView {
+    /// The rollout it shows.
+    pub(crate) fn rollout(&self) -> Option<&RolloutView> {
+        self.rollout.as_ref()
+    }
 }
 
 /// The store in [`FleetView`].

@@ -3,6 +3,7 @@
 //! heartbeat between.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -13,6 +14,10 @@ use super::{Fleet, error_key};
 use crate::reload::Candidate;
 use crate::watch::jittered;
 use crate::{App, Kiln, ReloadError, Trigger};
+
+/// How often a rollout in progress is looked at: the granularity of its
+/// hold and of its promotion.
+const ROLLOUT_STEP: Duration = Duration::from_millis(200);
 
 /// What the follower remembers between looks.
 #[derive(Default)]
@@ -41,9 +46,22 @@ impl<A: App> Kiln<A> {
         let next_poll = || Instant::now() + jittered(fleet.config.poll, 0.2);
         let mut poll_at = next_poll();
         let mut beat_at = Instant::now() + fleet.config.heartbeat;
+        let mut step_at = Instant::now();
         self.reconcile(&fleet, &mut followed).await;
         loop {
+            let rolling_out = fleet.rolling_out();
             tokio::select! {
+                // Every instance offers to drive a rollout; the one holding
+                // the rollout lock does.
+                () = sleep_until(step_at), if rolling_out => {
+                    step_at = Instant::now() + ROLLOUT_STEP;
+                    match fleet.steward().await {
+                        Ok(true) => {}
+                        // Ended (by this instance or another): look at once.
+                        Ok(false) => self.reconcile(&fleet, &mut followed).await,
+                        Err(e) => tracing::debug!(error = %e, "Cannot drive the fleet's rollout"),
+                    }
+                }
                 hint = hints.next() => match hint {
                     Some(hint) => {
                         tracing::debug!(?hint, "Fleet hint");
@@ -67,11 +85,12 @@ impl<A: App> Kiln<A> {
         }
     }
 
-    /// Reads the desired version and applies it if this instance does not
-    /// serve it yet, then reports ACK or NACK. Does nothing while the store
+    /// Reads the version meant for this instance (the desired one, or the
+    /// previous one outside a canary cohort) and applies it if this
+    /// instance does not serve it yet, then reports ACK or NACK. Does nothing while the store
     /// is unreachable (the last good generation keeps serving).
     async fn reconcile(&self, fleet: &Fleet, followed: &mut Followed) {
-        let desired = match fleet.desired().await {
+        let desired = match fleet.target().await {
             Ok(desired) => desired,
             Err(e) => {
                 tracing::debug!(error = %e, "Cannot read the fleet's desired version");

@@ -20,9 +20,10 @@ use kiln_resources::ErrorChain;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
+use super::rollout::{self, Rollout};
 use super::store::{
-    Draft, FleetStore, Hint, Identity, InstanceRow, Published, Report, StoreError, StoreHealth,
-    Version, VersionMeta,
+    Draft, FleetStore, Hint, Identity, InstanceRow, Published, Report, Stewarded, StoreError,
+    StoreHealth, Version, VersionMeta,
 };
 use super::{rfc3339, sha256_hex};
 use crate::watch::jittered;
@@ -53,6 +54,10 @@ pub(crate) struct PgStore {
     described: String,
     /// The query connection; `None` until the first call and after a failure.
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The connection holding the fleet's rollout lock (`true`) or trying
+    /// to (`false`), while a rollout is in progress; closing it lets the
+    /// lock go.
+    steward: tokio::sync::Mutex<Option<(Client, bool)>>,
     health: Arc<Health>,
 }
 
@@ -76,6 +81,7 @@ impl PgStore {
             config,
             described,
             client: tokio::sync::Mutex::new(None),
+            steward: tokio::sync::Mutex::new(None),
             health: Arc::new(Health::new()),
         })
     }
@@ -180,8 +186,60 @@ fn version(row: &Row) -> Version {
             parent: optional_id(row, "parent"),
             created_at: row.get("created_at"),
         },
+        rollout: None,
     }
 }
+
+/// The `rollout` column, read as text.
+fn rollout_of(row: &Row) -> Option<Rollout> {
+    let text: Option<String> = row.get("rollout");
+    text.and_then(|text| match serde_json::from_str(&text) {
+        Ok(rollout) => Some(rollout),
+        Err(e) => {
+            tracing::warn!(error = %e, %text, "Ignoring a rollout this kiln cannot read");
+            None
+        }
+    })
+}
+
+/// Every instance of fleet `$1`, with the ages the store measures.
+const INSTANCES: &str = concat!(
+    "SELECT i.instance, i.host, i.pid, i.applied, i.generation, i.state, i.version, i.error, i.error_key, ",
+    utc!("i.started_at"),
+    " AS started_at, ",
+    utc!("i.heartbeat_at"),
+    " AS heartbeat_at, ",
+    "extract(epoch FROM now() - i.heartbeat_at)::float8 AS silent_s, ",
+    "extract(epoch FROM now() - d.updated_at)::float8 AS desired_age_s ",
+    "FROM kiln_fleet.instances i LEFT JOIN kiln_fleet.desired d ON d.fleet = i.fleet ",
+    "WHERE i.fleet = $1 ORDER BY i.instance"
+);
+
+fn instance_row(row: &Row) -> InstanceRow {
+    InstanceRow {
+        instance: row.get("instance"),
+        host: row.get("host"),
+        pid: row.get::<_, i32>("pid") as u32,
+        started_at: row.get("started_at"),
+        heartbeat_at: row.get("heartbeat_at"),
+        applied: optional_id(row, "applied"),
+        generation: id(row, "generation"),
+        state: row.get("state"),
+        version: optional_id(row, "version"),
+        error: row.get("error"),
+        key: row.get("error_key"),
+        silent_s: row.get("silent_s"),
+        desired_age_s: row.get("desired_age_s"),
+    }
+}
+
+/// The store's clock, in seconds since the Unix epoch.
+const NOW: &str = "SELECT extract(epoch FROM now())::float8";
+
+/// The rollout lock of fleet `$1` (session-level, two-key form: apart from
+/// the migration's lock).
+const TRY_ROLLOUT_LOCK: &str =
+    "SELECT pg_try_advisory_lock(hashtext('kiln_fleet rollout'), hashtext($1))";
 
 impl FleetStore for PgStore {
     fn describe(&self) -> String {
@@ -197,7 +255,7 @@ impl FleetStore for PgStore {
             let row = client
                 .query_opt(
                     concat!(
-                        "SELECT v.id, v.document, v.sha256, v.author, v.message, v.parent, ",
+                        "SELECT v.id, v.document, v.sha256, v.author, v.message, v.parent, d.rollout::text AS rollout, ",
                         utc!("v.created_at"),
                         " AS created_at FROM kiln_fleet.desired d ",
                         "JOIN kiln_fleet.versions v ON v.id = d.version WHERE d.fleet = $1"
@@ -205,7 +263,10 @@ impl FleetStore for PgStore {
                     &[&fleet],
                 )
                 .await?;
-            Ok(row.as_ref().map(version))
+            Ok(row.as_ref().map(|row| Version {
+                rollout: rollout_of(row),
+                ..version(row)
+            }))
         }))
     }
 
@@ -250,21 +311,36 @@ impl FleetStore for PgStore {
                     &[&fleet, &draft.document, &sha, &draft.author, &draft.message, &parent],
                 )
                 .await?;
-            let published = version(&row);
+            let mut published = version(&row);
             let new = published.id as i64;
+            if let Some(plan) = &draft.canary {
+                let now: f64 = tx.query_one(NOW, &[]).await?.get(0);
+                published.rollout = Some(Rollout::start(
+                    published.id,
+                    expected,
+                    plan.canary,
+                    plan.hold,
+                    plan.live,
+                    now,
+                ));
+            }
+            let rollout = published
+                .rollout
+                .as_ref()
+                .map(|r| serde_json::to_string(r).expect("a rollout serializes"));
             // The compare-and-swap: the pointer moves only from `expected`.
             let moved = match parent {
                 None => {
                     tx.execute(
-                        "INSERT INTO kiln_fleet.desired (fleet, version) VALUES ($1, $2) ON CONFLICT (fleet) DO NOTHING",
-                        &[&fleet, &new],
+                        "INSERT INTO kiln_fleet.desired (fleet, version, rollout) VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (fleet) DO NOTHING",
+                        &[&fleet, &new, &rollout],
                     )
                     .await?
                 }
                 Some(expected) => {
                     tx.execute(
-                        "UPDATE kiln_fleet.desired SET version = $2, updated_at = now() WHERE fleet = $1 AND version = $3",
-                        &[&fleet, &new, &expected],
+                        "UPDATE kiln_fleet.desired SET version = $2, rollout = $4::text::jsonb, updated_at = now() WHERE fleet = $1 AND version = $3",
+                        &[&fleet, &new, &expected, &rollout],
                     )
                     .await?
                 }
@@ -283,7 +359,7 @@ impl FleetStore for PgStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(Published::Version(published))
+            Ok(Published::Version(Box::new(published)))
         }))
     }
 
@@ -353,39 +429,132 @@ impl FleetStore for PgStore {
         fleet: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InstanceRow>, StoreError>> {
         Box::pin(self.call(async move |client: &mut Client| {
-            let rows = client
-                .query(
-                    concat!(
-                        "SELECT i.instance, i.host, i.pid, i.applied, i.generation, i.state, i.version, i.error, i.error_key, ",
-                        utc!("i.started_at"), " AS started_at, ",
-                        utc!("i.heartbeat_at"), " AS heartbeat_at, ",
-                        "extract(epoch FROM now() - i.heartbeat_at)::float8 AS silent_s, ",
-                        "extract(epoch FROM now() - d.updated_at)::float8 AS desired_age_s ",
-                        "FROM kiln_fleet.instances i LEFT JOIN kiln_fleet.desired d ON d.fleet = i.fleet ",
-                        "WHERE i.fleet = $1 ORDER BY i.instance"
-                    ),
-                    &[&fleet],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|row| InstanceRow {
-                    instance: row.get("instance"),
-                    host: row.get("host"),
-                    pid: row.get::<_, i32>("pid") as u32,
-                    started_at: row.get("started_at"),
-                    heartbeat_at: row.get("heartbeat_at"),
-                    applied: optional_id(row, "applied"),
-                    generation: id(row, "generation"),
-                    state: row.get("state"),
-                    version: optional_id(row, "version"),
-                    error: row.get("error"),
-                    key: row.get("error_key"),
-                    silent_s: row.get("silent_s"),
-                    desired_age_s: row.get("desired_age_s"),
-                })
-                .collect())
+            let rows = client.query(INSTANCES, &[&fleet]).await?;
+            Ok(rows.iter().map(instance_row).collect())
         }))
+    }
+
+    fn steward<'a>(
+        &'a self,
+        identity: &'a Identity,
+        ack_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Stewarded, StoreError>> {
+        Box::pin(async move {
+            let mut slot = self.steward.lock().await;
+            let stepped = tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.step_rollout(&mut slot, identity, ack_timeout),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())));
+            // Nothing left to drive, or the connection failed: close it, and
+            // with it the lock.
+            if !matches!(stepped, Ok(Stewarded::Elsewhere | Stewarded::Stepped(_))) {
+                *slot = None;
+            }
+            if let Ok(Stewarded::Stepped(rollout)) = &stepped
+                && !rollout.phase.in_progress()
+            {
+                *slot = None;
+            }
+            stepped.map_err(|reason| {
+                StoreError(format!(
+                    "the fleet store {} failed a rollout step: {reason}",
+                    self.described
+                ))
+            })
+        })
+    }
+}
+
+impl PgStore {
+    /// One rollout step on the steward connection in `slot` (opened and the
+    /// lock tried when needed).
+    async fn step_rollout(
+        &self,
+        slot: &mut Option<(Client, bool)>,
+        identity: &Identity,
+        ack_timeout: Duration,
+    ) -> Result<Stewarded, String> {
+        let fleet = identity.fleet.as_str();
+        let chain = |e: tokio_postgres::Error| ErrorChain(&e).to_string();
+        if slot.as_ref().is_none_or(|(client, _)| client.is_closed()) {
+            let mut config = self.config.clone();
+            config.application_name(format!("kiln fleet rollout {}", identity.instance));
+            let (client, connection) = config.connect(NoTls).await.map_err(chain)?;
+            tokio::spawn(connection);
+            *slot = Some((client, false));
+        }
+        let (client, locked) = slot.as_mut().expect("opened above");
+        if !*locked {
+            *locked = client
+                .query_one(TRY_ROLLOUT_LOCK, &[&fleet])
+                .await
+                .map_err(chain)?
+                .get(0);
+            if !*locked {
+                return Ok(Stewarded::Elsewhere);
+            }
+            tracing::info!(
+                fleet,
+                "Took the fleet's rollout lock: this instance drives the rollout"
+            );
+        }
+        let tx = client.transaction().await.map_err(chain)?;
+        let row = tx
+            .query_opt(
+                "SELECT rollout::text AS rollout, extract(epoch FROM now())::float8 AS now FROM kiln_fleet.desired WHERE fleet = $1 FOR UPDATE",
+                &[&fleet],
+            )
+            .await
+            .map_err(chain)?;
+        let Some((rollout, now)) = row.and_then(|row| Some((rollout_of(&row)?, row.get("now"))))
+        else {
+            return Ok(Stewarded::Idle);
+        };
+        if !rollout.phase.in_progress() {
+            return Ok(Stewarded::Idle);
+        }
+        let rows: Vec<InstanceRow> = tx
+            .query(INSTANCES, &[&fleet])
+            .await
+            .map_err(chain)?
+            .iter()
+            .map(instance_row)
+            .collect();
+        let Some(next) = rollout::step(&rollout, &rows, now, ack_timeout, &identity.instance)
+        else {
+            return Ok(Stewarded::Stepped(rollout));
+        };
+        let ended = !next.phase.in_progress();
+        let text = serde_json::to_string(&next).expect("a rollout serializes");
+        let pointer = next.pointer() as i64;
+        tx.execute(
+            "UPDATE kiln_fleet.desired SET version = $2, rollout = $3::text::jsonb, \
+             updated_at = CASE WHEN $4 THEN now() ELSE updated_at END WHERE fleet = $1",
+            &[&fleet, &pointer, &text, &ended],
+        )
+        .await
+        .map_err(chain)?;
+        if ended {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &format!("{fleet}:{pointer}")],
+            )
+            .await
+            .map_err(chain)?;
+        }
+        tx.commit().await.map_err(chain)?;
+        if next.phase != rollout.phase {
+            tracing::info!(
+                fleet,
+                version = next.version,
+                phase = ?next.phase,
+                reason = next.reason.as_deref(),
+                "Rollout moved on"
+            );
+        }
+        Ok(Stewarded::Stepped(next))
     }
 }
 

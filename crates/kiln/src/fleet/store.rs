@@ -3,9 +3,13 @@
 //! PostgreSQL ([`PgStore`](super::postgres::PgStore)) is the one engine
 //! today; another (etcd: revisions, leases) would implement the same trait.
 
+use std::time::Duration;
+
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
+
+use super::rollout::{Canary, Rollout};
 
 /// One immutable version of a fleet's document.
 #[derive(Clone, Debug)]
@@ -13,6 +17,9 @@ pub(crate) struct Version {
     pub(crate) id: u64,
     pub(crate) document: String,
     pub(crate) meta: VersionMeta,
+    /// Read as the desired version: its rollout, if it was published with
+    /// a canary.
+    pub(crate) rollout: Option<Rollout>,
 }
 
 /// What `/admin/fleet` shows of a version.
@@ -38,6 +45,28 @@ pub(crate) struct Draft<'a> {
     pub(crate) document: &'a str,
     pub(crate) author: &'a str,
     pub(crate) message: &'a str,
+    /// Published to a cohort first.
+    pub(crate) canary: Option<CanaryPlan<'a>>,
+}
+
+/// A canary publish: the cohort's size, the hold, and the instances live
+/// now (the cohort is chosen among them once the version has its id).
+#[derive(Debug)]
+pub(crate) struct CanaryPlan<'a> {
+    pub(crate) canary: Canary,
+    pub(crate) hold: Duration,
+    pub(crate) live: &'a [String],
+}
+
+/// What a rollout step found.
+#[derive(Debug)]
+pub(crate) enum Stewarded {
+    /// No rollout is in progress (the rollout lock, if held, was let go).
+    Idle,
+    /// Another instance holds the rollout lock.
+    Elsewhere,
+    /// This instance holds the lock; the rollout after the step.
+    Stepped(Rollout),
 }
 
 /// Why a store operation failed: the store could not be reached or
@@ -50,7 +79,7 @@ pub(crate) struct StoreError(pub(crate) String);
 #[derive(Debug)]
 pub(crate) enum Published {
     /// The new version, now the desired one.
-    Version(Version),
+    Version(Box<Version>),
     /// Nothing: the desired version was no longer the one the publisher
     /// started from, but this one.
     Stale { current: u64 },
@@ -199,6 +228,18 @@ pub(crate) trait FleetStore: Send + Sync + 'static {
     /// Touches `identity`'s heartbeat; `false` when it has no row (then
     /// [`report`](Self::report)).
     fn heartbeat<'a>(&'a self, identity: &'a Identity) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// While `identity`'s fleet has a rollout in progress: takes (or keeps)
+    /// the fleet's rollout lock and, holding it, runs
+    /// [`step`](super::rollout::step) in one transaction, moving the
+    /// pointer and sending the hint when the rollout ends. The lock lives
+    /// with a connection of its own, so that another instance takes over
+    /// when this one dies.
+    fn steward<'a>(
+        &'a self,
+        identity: &'a Identity,
+        ack_timeout: Duration,
+    ) -> BoxFuture<'a, Result<Stewarded, StoreError>>;
 
     /// Every instance row of `fleet`, by name.
     fn instances<'a>(

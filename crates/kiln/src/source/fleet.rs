@@ -53,7 +53,10 @@ impl<C: AppConfig> Source<C> for FleetSource {
     }
 
     fn read(&self) -> Result<String, ReloadError> {
-        Ok(self.desired()?.1)
+        // The version meant for this instance: outside a canary cohort, the
+        // previous one until promotion.
+        let target = tokio::runtime::Handle::current().block_on(self.fleet.target())?;
+        Ok(target.map_or_else(String::new, |v| v.document))
     }
 
     fn parse(&self, text: String) -> Result<Loaded<C>, ConfigError> {
