@@ -121,6 +121,28 @@ fn status(admin: &Admin) -> anyhow::Result<ExitCode> {
         ),
         None => println!("no version published yet"),
     }
+    if let Some(rollout) = view["rollout"].as_object() {
+        let cohort: Vec<String> = rollout["cohort"]
+            .as_array()
+            .map(|c| c.iter().map(text).collect())
+            .unwrap_or_default();
+        let mut line = format!(
+            "rollout of version {}: {} (canary {}: {}; hold {}; steward {})",
+            rollout["version"],
+            text(&rollout["phase"]),
+            text(&rollout["canary"]),
+            cohort.join(", "),
+            text(&rollout["hold"]),
+            text(&rollout["steward"])
+        );
+        if let Some(at) = rollout["promote_at"].as_str() {
+            line.push_str(&format!("; promoted at {at}"));
+        }
+        if let Some(reason) = rollout["reason"].as_str() {
+            line.push_str(&format!("; halted: {reason}"));
+        }
+        println!("{line}");
+    }
     let Some(rows) = view["instances"].as_array() else {
         println!("instances unknown while the store is unreachable");
         return Ok(ExitCode::SUCCESS);

@@ -19,6 +19,10 @@
 #   save-to-serve  POST /admin/reload and a watched file save, end to end (no load)
 #   anchors      30 reloads under 20k req/s: kiln vs Caddy, nginx, gunicorn, restarted axum
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
+#   fleet        PATCH to every instance serving it (3 processes; 50 in one
+#                process through the library) and PostgreSQL load at rest, on
+#                a private PostgreSQL cluster (max_connections 300,
+#                pg_stat_statements) started for it on $FLEET_PG_PORT
 #
 # Raw JSON and one markdown table per measurement go to target/bench/;
 # target/bench/report.md gathers them (the tables of BENCHMARKS.md).
@@ -43,7 +47,8 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload save-to-serve anchors memory"}
+SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload save-to-serve anchors memory fleet"}
+FLEET_PG_PORT=${FLEET_PG_PORT:-5499}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
 PG_ADDR=${PG_ADDR:-127.0.0.1:5432}
@@ -134,6 +139,26 @@ save_to_serve() {
 }
 section save-to-serve save_to_serve
 section anchors "$BENCH" "${COMMON[@]}" --runs "$RUNS" anchors
+
+# The fleet's 50 simulated instances hold 2 connections each, more than a
+# default max_connections (100) leaves: a cluster of its own, thrown away after.
+fleet() {
+    local bin pgdata=/tmp/kiln-bench-fleet-pg
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    rm -rf "$pgdata" && mkdir -p "$pgdata" && chown postgres "$pgdata"
+    local as_pg=(); [[ $(id -u) == 0 ]] && as_pg=(runuser -u postgres --)
+    "${as_pg[@]}" "$bin/initdb" -A trust -U postgres -D "$pgdata" >/dev/null || return 1
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/log" -w start -o \
+        "-p $FLEET_PG_PORT -k /tmp -c max_connections=300 -c shared_preload_libraries=pg_stat_statements" >/dev/null || return 1
+    local args=(--bin-dir "$ROOT/target/release" --out "$OUT"
+                --pg-addr "127.0.0.1:$FLEET_PG_PORT" --pg-user postgres)
+    "$BENCH" "${args[@]}" setup-db >/dev/null && "$BENCH" "${args[@]}" fleet
+    local ok=$?
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$pgdata" -m fast stop >/dev/null
+    rm -rf "$pgdata"
+    return $ok
+}
+section fleet fleet
 
 say "report"
 "$BENCH" "${COMMON[@]}" report --criterion "$ROOT/target/criterion" >/dev/null

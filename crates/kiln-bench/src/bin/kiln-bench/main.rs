@@ -14,6 +14,7 @@ use serde_json::Value;
 mod anchors;
 mod coldstart;
 mod conf;
+mod fleet;
 mod instructions;
 mod memory;
 mod overhead;
@@ -139,6 +140,19 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         rebuild: usize,
     },
+    /// A fleet: PATCH-to-every-instance time for 3 processes and for
+    /// simulated instances in this process; PostgreSQL load at rest.
+    Fleet {
+        /// Changes measured.
+        #[arg(long, default_value_t = 30)]
+        changes: usize,
+        /// Instances simulated in this process (2 connections each).
+        #[arg(long, default_value_t = 50)]
+        simulated: usize,
+        /// Seconds of rest over which the load is counted, per mode.
+        #[arg(long, default_value_t = 30)]
+        rest: u64,
+    },
     /// Gather every table (and criterion's config-read figures) into report.md.
     Report {
         /// Criterion's output folder.
@@ -172,6 +186,11 @@ fn main() -> anyhow::Result<()> {
             seconds,
         } => anchors::anchors(c, rate, reloads, seconds),
         Cmd::Memory { hot, rebuild } => runtime()?.block_on(memory(c, hot, rebuild)),
+        Cmd::Fleet {
+            changes,
+            simulated,
+            rest,
+        } => fleet::fleet(c, changes, simulated, rest),
         Cmd::Report { criterion } => report(c, &criterion),
     }
 }
