@@ -74,29 +74,16 @@ async fn measure(c: &Common, changes: usize, simulated: usize, rest: u64) -> any
     let run = std::process::id();
     let store = c.pg_url(c.pg_addr);
 
-    let mut processes = Vec::new();
-    for i in 0..3 {
-        processes.push(Process::start(
-            c,
-            &store,
-            &format!("bench-{run}-p"),
-            i,
-            true,
-        )?);
-    }
+    let three = |fleet: &str, listen: bool| -> anyhow::Result<Vec<Process>> {
+        (0..3)
+            .map(|i| Process::start(c, &store, &format!("bench-{run}-{fleet}"), i, listen))
+            .collect()
+    };
+    let processes = three("p", true)?;
     let procs = converge_processes(&processes, changes).await?;
     let at_rest = load_at_rest(&db, statements, "kiln fleet %", rest, processes.len()).await?;
     drop(processes);
-    let mut polling = Vec::new();
-    for i in 0..3 {
-        polling.push(Process::start(
-            c,
-            &store,
-            &format!("bench-{run}-q"),
-            i,
-            false,
-        )?);
-    }
+    let polling = three("q", false)?;
     let at_rest_polling =
         load_at_rest(&db, statements, "kiln fleet %", rest, polling.len()).await?;
     drop(polling);
