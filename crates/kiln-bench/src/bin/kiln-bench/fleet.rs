@@ -154,6 +154,7 @@ impl Process {
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n\
                  [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+                 [pools.main]\nkind = \"sqlite\"\nurl = \"{name}.sqlite3\"\nmax_size = 2\n\
                  [log]\nlevel = \"warn\"\n\
                  [app]\ngreeting = \"start\"\n\
                  [fleet]\nstore = \"{store}\"\nname = \"{fleet}\"\ninstance = \"{name}\"\nlisten = {listen}\n"
@@ -173,7 +174,7 @@ impl Process {
         };
         process
             .server
-            .wait_line("ready:", Duration::from_secs(30))
+            .wait_accepting(process.addr, Duration::from_secs(30))
             .with_context(|| format!("{name} did not start"))?;
         Ok(process)
     }

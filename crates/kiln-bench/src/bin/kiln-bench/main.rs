@@ -150,7 +150,7 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         simulated: usize,
         /// Seconds of rest over which the load is counted, per mode.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 60)]
         rest: u64,
     },
     /// Gather every table (and criterion's config-read figures) into report.md.
