@@ -1,17 +1,19 @@
-//! A handler reaches the generation its request runs on as a request
-//! extension, `Extension<Arc<Generation<C>>>`, embedded as on kiln's own
-//! workers, and keeps it across a reload that happens meanwhile.
+//! A handler reaches the generation its request runs on with the
+//! `RequestGeneration<C>` extractor, embedded as on kiln's own workers, and
+//! keeps it across a reload that happens meanwhile; asked for with the
+//! wrong config type or outside kiln, it answers a JSON `500` saying why.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::routing::get;
-use axum::{Extension, Router};
-use kiln::{App, BoxError, Generation, Kiln, Trigger};
+use kiln::{App, BoxError, Generation, Kiln, RequestGeneration, Trigger};
 
 use crate::util::{Config, EMBED_TIMEOUT, Gate, Greeting, Site, get_in_process};
 
-/// `/` answers the generation's id and greeting from the request's
-/// extension; `/hold` does the same after waiting at the gate.
+/// `/` answers the generation's id and greeting from the extractor; `/hold`
+/// does the same after waiting at the gate; `/wrong` asks for the wrong
+/// config type.
 struct FromExtension {
     gate: Arc<Gate>,
 }
@@ -32,22 +34,55 @@ impl App for FromExtension {
         Router::new()
             .route(
                 "/",
-                get(
-                    move |Extension(generation): Extension<Arc<Generation<Greeting>>>| async move {
-                        answer(&generation)
-                    },
-                ),
+                get(move |generation: RequestGeneration<Greeting>| async move {
+                    answer(&generation)
+                }),
             )
             .route(
                 "/hold",
-                get(
-                    move |Extension(generation): Extension<Arc<Generation<Greeting>>>| async move {
-                        gate.pass().await;
-                        answer(&generation)
-                    },
-                ),
+                get(move |generation: RequestGeneration<Greeting>| async move {
+                    gate.pass().await;
+                    answer(&generation.0)
+                }),
             )
+            .route("/wrong", get(wrong_type))
     }
+}
+
+async fn wrong_type(RequestGeneration(generation): RequestGeneration<()>) -> String {
+    generation.id().to_string()
+}
+
+#[tokio::test]
+async fn the_extractor_refuses_the_wrong_config_type_and_requests_kiln_does_not_serve() {
+    let config = Config::sqlite();
+    let site = Site::new(&config.render());
+    let loaded = kiln::load_config(&site.config_path()).expect("valid config");
+    let kiln = Kiln::start(
+        FromExtension {
+            gate: Arc::default(),
+        },
+        loaded,
+    )
+    .await
+    .expect("kiln starts");
+    let app = kiln.router().await.expect("a worker attaches");
+    let wrong = get_in_process(&app, None, "/wrong").await;
+    assert_eq!(wrong.status, 500, "{wrong:?}");
+    assert!(
+        wrong.body.contains("does not match the app's config type"),
+        "{wrong:?}"
+    );
+
+    let outside = Router::new().route("/", get(wrong_type));
+    let outside = get_in_process(&outside, None, "/").await;
+    assert_eq!(outside.status, 500, "{outside:?}");
+    assert!(
+        outside
+            .body
+            .contains(r#""error":"kiln::RequestGeneration is extracted only"#),
+        "{outside:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

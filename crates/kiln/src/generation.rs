@@ -49,14 +49,13 @@ use crate::{AppConfig, BuildError, ConfigError, ReloadError, Resource, StartErro
 /// }
 /// ```
 ///
-/// A handler reaches its request's generation as a request extension:
+/// A handler reaches its request's generation with the
+/// [`RequestGeneration`](crate::RequestGeneration) extractor:
 ///
 /// ```
-/// use std::sync::Arc;
-/// use axum::Extension;
-/// use kiln::Generation;
+/// use kiln::RequestGeneration;
 ///
-/// async fn handler(Extension(generation): Extension<Arc<Generation<()>>>) -> String {
+/// async fn handler(generation: RequestGeneration<()>) -> String {
 ///     format!("served by generation {}", generation.id())
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::get(handler);

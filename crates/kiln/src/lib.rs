@@ -124,7 +124,9 @@ pub use crate::reload::{ReloadOutcome, Trigger};
 pub use crate::resource::Resource;
 pub use crate::server::restart::{RestartError, RestartOutcome};
 pub use crate::server::serve;
-pub use crate::service::{GENERATION_HEADER, GenerationBody, GenerationService, ResponseFuture};
+pub use crate::service::{
+    GENERATION_HEADER, GenerationBody, GenerationService, RequestGeneration, ResponseFuture,
+};
 /// kiln's configuration crate, whole: the `[server]`, `[pools.NAME]`, …
 /// section types an app reads from [`Generation::config`], the secret
 /// types (`Secret`, `ConnString`) and `ByteSize` an `[app]` section may

@@ -5,11 +5,16 @@
 //!
 //! The matched route is known only inside axum's router (`MatchedPath` is
 //! set on the request the handler consumes). [`RouteLayer`] wraps every
-//! route of a worker's app and hands the route to the service that polls
-//! the router through a thread-local, set while the router's future is
-//! polled ([`capture_route`]): no allocation and no map lookup per request.
-//! Each route's handles are registered the first time a method and status
-//! class is seen on it; after that a request costs atomic adds.
+//! route of a second copy of a worker's app and hands the route to the
+//! service that polls the router through a thread-local, set while the
+//! router's future is polled ([`capture_route`]). That layer costs about
+//! 1,000 instructions a request (axum boxes each layered route once more),
+//! so only a path not seen yet takes the layered copy: the route it matched
+//! is remembered by path ([`Observer::known`]), and the next request for
+//! that path runs the plain router with its route looked up in a small map.
+//! Routing depends on the path alone, so the answer cannot differ. Each
+//! route's handles are registered the first time a method and status class
+//! is seen on it; after that a request costs atomic adds.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -29,8 +34,19 @@ use crate::metrics::{self, Metrics};
 /// The request id header: taken from the request when valid, else made.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The target of access-log lines.
+pub(crate) const ACCESS_TARGET: &str = "kiln::access";
+
 /// The longest request id taken from a client.
 const MAX_REQUEST_ID: usize = 128;
+
+/// How many paths of routes with parameters (`/notes/{id}`) each worker's
+/// app remembers; the paths of routes without any are always remembered,
+/// as the app has a fixed number of them.
+const MAX_PARAM_PATHS: usize = 1024;
+
+/// The longest path remembered.
+const MAX_PATH: usize = 256;
 
 /// The route label of requests no route matched (and of those kiln
 /// answered before routing): never the raw path, which is unbounded.
@@ -62,6 +78,18 @@ pub(crate) struct Observer {
     /// Each matched route's handles, by route.
     routes: Mutex<HashMap<String, Arc<Route>>>,
     unmatched: Arc<Route>,
+    /// The route each request path seen so far matched.
+    paths: Mutex<Paths>,
+}
+
+/// Request paths and the routes they matched. Its size is bounded (the
+/// app's static routes plus [`MAX_PARAM_PATHS`]), so a client choosing
+/// paths cannot grow it, and a fast hash is safe.
+#[derive(Default)]
+struct Paths {
+    routes: HashMap<Box<str>, Arc<Route>, foldhash::fast::RandomState>,
+    /// Entries whose route has parameters.
+    with_params: usize,
 }
 
 impl Observer {
@@ -81,8 +109,36 @@ impl Observer {
                 generation,
                 routes: Mutex::default(),
                 unmatched: Arc::new(Route::new(UNMATCHED)),
+                paths: Mutex::default(),
             })
         })
+    }
+
+    /// The route `request`'s path matched before, if it is remembered. A
+    /// request that an outer router already matched (kiln nested in an
+    /// app) is never looked up: its route joins the outer one.
+    fn known<B>(&self, request: &Request<B>) -> Option<Arc<Route>> {
+        if request.extensions().get::<MatchedPath>().is_some() {
+            return None;
+        }
+        let paths = self.paths.lock().expect("paths lock");
+        paths.routes.get(request.uri().path()).cloned()
+    }
+
+    /// Remembers that `path` matched `route` (not `unmatched`: any path
+    /// can miss, and a miss costs no more than the layer).
+    fn learn(&self, path: &str, route: &Arc<Route>) {
+        let static_route = !route.label.contains('{');
+        if path.len() > MAX_PATH || Arc::ptr_eq(route, &self.unmatched) {
+            return;
+        }
+        let mut paths = self.paths.lock().expect("paths lock");
+        if !static_route && paths.with_params >= MAX_PARAM_PATHS {
+            return;
+        }
+        if paths.routes.insert(path.into(), route.clone()).is_none() && !static_route {
+            paths.with_params += 1;
+        }
     }
 
     fn route(&self, path: &str) -> Arc<Route> {
@@ -233,8 +289,10 @@ pub(crate) struct Observed {
     /// first-use cost) but counts and logs nothing.
     counted: bool,
     started: Instant,
-    /// Set by [`capture_route`].
+    /// Set by [`Observed::known`] or [`capture_route`].
     pub(crate) route: Option<Arc<Route>>,
+    /// The route is to be remembered by path once known.
+    learn: bool,
     /// With the access log on: the id the response will carry.
     request_id: Option<HeaderValue>,
 }
@@ -256,8 +314,18 @@ impl Observed {
             counted,
             started: Instant::now(),
             route: None,
+            learn: false,
             request_id,
         }
+    }
+
+    /// Whether `request`'s route is known by its path (then the plain
+    /// router may run it); if not, the layered router must run it, and
+    /// the route it reports is remembered.
+    pub(crate) fn known<B>(&mut self, request: &Request<B>) -> bool {
+        self.route = self.observer.known(request);
+        self.learn = self.route.is_none() && request.extensions().get::<MatchedPath>().is_none();
+        self.route.is_some()
     }
 
     /// Records kiln answering the request itself.
@@ -269,10 +337,18 @@ impl Observed {
 
     /// The response head is ready: counts and times it and, with the access
     /// log on, tags it with the request id and returns the log entry, to be
-    /// written when its body is done.
-    pub(crate) fn finish(self, method: &Method, response: &mut Response<Body>) -> Option<Access> {
+    /// written when its body is done. `path` is the request's.
+    pub(crate) fn finish(
+        self,
+        method: &Method,
+        path: &str,
+        response: &mut Response<Body>,
+    ) -> Option<Access> {
         let observer = &self.observer;
         let route = self.route.as_ref().unwrap_or(&observer.unmatched);
+        if self.learn {
+            observer.learn(path, route);
+        }
         let status = response.status().as_u16();
         if observer.record {
             let series = route.series(&observer.metrics, method, status);
@@ -369,7 +445,7 @@ impl Drop for Access {
         let entry = &self.0;
         let micros = entry.started.elapsed().as_micros() as f64;
         tracing::info!(
-            target: "kiln::access",
+            target: ACCESS_TARGET,
             method = %entry.method,
             route = &*entry.route,
             status = entry.status,
@@ -398,5 +474,34 @@ mod tests {
         let (a, b) = (new_request_id(), new_request_id());
         assert_ne!(a, b);
         assert!(valid_request_id(a.as_bytes()));
+    }
+
+    #[test]
+    fn paths_are_remembered_within_bounds() {
+        let observer = Observer::new(&Metrics::new(), true, false, 1).expect("observing");
+        let known = |path: &str| observer.known(&Request::get(path).body(()).expect("a request"));
+        let root = observer.route("/");
+        assert!(known("/").is_none());
+        observer.learn("/", &root);
+        assert!(known("/").is_some_and(|route| Arc::ptr_eq(&route, &root)));
+
+        // A miss can be any path: never remembered.
+        observer.learn("/no/such/path", &observer.unmatched.clone());
+        assert!(known("/no/such/path").is_none());
+
+        // Paths of a route with parameters, up to a bound; static routes always.
+        let note = observer.route("/notes/{id}");
+        for id in 0..=MAX_PARAM_PATHS {
+            observer.learn(&format!("/notes/{id}"), &note);
+        }
+        assert!(known("/notes/0").is_some_and(|route| Arc::ptr_eq(&route, &note)));
+        assert!(known(&format!("/notes/{MAX_PARAM_PATHS}")).is_none());
+        let new_note = observer.route("/notes/new");
+        observer.learn("/notes/new", &new_note);
+        assert!(known("/notes/new").is_some_and(|route| Arc::ptr_eq(&route, &new_note)));
+
+        let long = format!("/{}", "a".repeat(MAX_PATH));
+        observer.learn(&long, &observer.route(&long));
+        assert!(known(&long).is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! counted and timed by route, and with `log.access` logged with a request id.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,10 +19,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{
-    Extensions, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header,
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
 use axum::response::IntoResponse;
 use axum::routing::future::RouteFuture;
@@ -46,15 +47,15 @@ pub(crate) struct WorkerApp {
     pub(crate) generation: u64,
     header: HeaderValue,
     router: Router,
+    /// With an observer: `router` with every route wrapped to report the
+    /// route it matched, for paths whose route is not known yet.
+    layered: Option<Router>,
     limits: Limits,
     /// What observes its requests, if anything does.
     observer: Option<Arc<Observer>>,
-    /// Keeps the generation (its pools) alive while this app serves, and
-    /// is handed to each request as an extension.
+    /// Keeps the generation (its pools) alive while this app serves; what
+    /// [`RequestGeneration`] hands a handler.
     generation_arc: Arc<dyn Any + Send + Sync>,
-    /// Inserts `generation_arc` into a request's extensions as the
-    /// `Arc<Generation<C>>` it is.
-    insert_generation: fn(&Arc<dyn Any + Send + Sync>, &mut Extensions),
 }
 
 /// The generation's reloadable request limits (`[server]`).
@@ -91,10 +92,9 @@ impl WorkerApp {
             config.log.access,
             generation.id(),
         );
-        let router = match &observer {
-            Some(observer) => router.layer(RouteLayer(observer.clone())),
-            None => router,
-        };
+        let layered = observer
+            .as_ref()
+            .map(|observer| router.clone().layer(RouteLayer(observer.clone())));
         let server = &config.server;
         let max_body = server.max_body.0;
         let limits = Limits {
@@ -111,19 +111,97 @@ impl WorkerApp {
             generation: generation.id(),
             header: HeaderValue::from(generation.id()),
             router,
+            layered,
             limits,
             observer,
             generation_arc: generation,
-            insert_generation: insert_generation::<A::Config>,
         }
     }
 }
 
-/// Puts the request's generation where a handler finds it:
-/// `Extension<Arc<Generation<C>>>`.
-fn insert_generation<C: AppConfig>(generation: &Arc<dyn Any + Send + Sync>, to: &mut Extensions) {
-    if let Ok(generation) = generation.clone().downcast::<Generation<C>>() {
-        to.insert(generation);
+thread_local! {
+    /// The app whose router is being called or polled on this thread, for
+    /// [`RequestGeneration`]: moved in around each call and poll, and out
+    /// again after it, so the request path pays no reference count and no
+    /// allocation for it.
+    static SERVING: Cell<Option<Arc<WorkerApp>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `app` as the app serving on this thread ([`SERVING`]),
+/// then takes it back and restores whatever an outer call had set.
+fn serving<T>(app: &mut Option<Arc<WorkerApp>>, f: impl FnOnce() -> T) -> T {
+    let outer = SERVING.replace(app.take());
+    let out = f();
+    *app = SERVING.replace(outer);
+    out
+}
+
+/// The generation a request runs on, for a handler: its id, config, pools
+/// and resources, the same whatever reload happens while it runs.
+///
+/// An extractor: kiln hands it over while it calls and polls the app's
+/// router, so it costs nothing per request unless a handler asks for it.
+/// It fails (`500`, with a JSON error saying why) when `C` is not the
+/// app's config type, or when the handler runs on another task than the
+/// request (behind a layer that moves the call to its own task, such as
+/// tower's `Buffer`); a handler behind such a layer takes the generation
+/// into its state from [`App::router`] instead.
+///
+/// # Examples
+///
+/// ```
+/// use kiln::RequestGeneration;
+///
+/// async fn handler(RequestGeneration(generation): RequestGeneration<()>) -> String {
+///     format!("served by generation {}", generation.id())
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(handler);
+/// ```
+#[derive(Debug)]
+pub struct RequestGeneration<C>(pub Arc<Generation<C>>);
+
+impl<C> std::ops::Deref for RequestGeneration<C> {
+    type Target = Generation<C>;
+
+    fn deref(&self) -> &Generation<C> {
+        &self.0
+    }
+}
+
+impl<C: AppConfig, S: Sync> FromRequestParts<S> for RequestGeneration<C> {
+    type Rejection = Response<Body>;
+
+    fn from_request_parts(
+        _: &mut Parts,
+        _: &S,
+    ) -> impl Future<Output = Result<Self, Self::Rejection>> + Send {
+        // Read now, not when the future is polled: the call itself runs
+        // inside kiln's poll.
+        let generation = SERVING.with(|serving| {
+            let app = serving.take();
+            let generation = app.as_ref().map(|app| app.generation_arc.clone());
+            serving.set(app);
+            generation
+        });
+        let found = match generation {
+            None => Err(
+                "kiln::RequestGeneration is extracted only in a request kiln serves, \
+                 on the request's own task"
+                    .to_owned(),
+            ),
+            Some(generation) => generation
+                .downcast::<Generation<C>>()
+                .map(Self)
+                .map_err(|_| {
+                    format!(
+                        "kiln::RequestGeneration<{}> does not match the app's config type",
+                        std::any::type_name::<C>()
+                    )
+                }),
+        };
+        std::future::ready(
+            found.map_err(|message| error(StatusCode::INTERNAL_SERVER_ERROR, message)),
+        )
     }
 }
 
@@ -248,7 +326,7 @@ impl GenerationService {
         // An Arc, not a Guard: the app must outlive this call.
         let app = self.current.load_full();
         let mut request = request;
-        let observed = app
+        let mut observed = app
             .observer
             .as_ref()
             .map(|observer| Observed::start(observer, &mut request, !self.warm_up));
@@ -291,17 +369,27 @@ impl GenerationService {
         if self.warm_up {
             request.extensions_mut().insert(WarmUp);
         }
-        (app.insert_generation)(&app.generation_arc, request.extensions_mut());
         let sent = Sent {
             method: request.method().clone(),
             uri: request.uri().clone(),
         };
         let timeout = limits.request_timeout.map(tokio::time::sleep);
-        let mut router = app.router.clone();
-        let called = match limits.raise_extractor_limit {
+        let mut router = match (observed.as_mut(), &app.layered) {
+            (Some(observed), Some(layered)) => {
+                if observed.known(&request) {
+                    app.router.clone()
+                } else {
+                    layered.clone()
+                }
+            }
+            _ => app.router.clone(),
+        };
+        let raise_extractor_limit = limits.raise_extractor_limit;
+        let mut app = Some(app);
+        let called = serving(&mut app, || match raise_extractor_limit {
             None => catch_unwind(AssertUnwindSafe(|| router.call(request))),
             Some(limit) => catch_unwind(AssertUnwindSafe(|| limit.layer(router).call(request))),
-        };
+        });
         let state = match called {
             Ok(future) => State::Running { future },
             Err(panic) => State::Ready {
@@ -311,7 +399,7 @@ impl GenerationService {
         ResponseFuture {
             state,
             timeout,
-            app: Some(app),
+            app,
             extra: Extra {
                 sent,
                 permit,
@@ -506,10 +594,13 @@ impl Future for ResponseFuture {
         let polled = match this.state.as_mut().project() {
             StateProj::Running { future } => {
                 let poll = || catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
-                let polled = match &mut extra.observed {
-                    Some(observed) => capture_route(&mut observed.route, poll),
-                    None => poll(),
-                };
+                let polled = serving(this.app, || match &mut extra.observed {
+                    // Not known by its path: the layered router reports it.
+                    Some(observed) if observed.route.is_none() => {
+                        capture_route(&mut observed.route, poll)
+                    }
+                    _ => poll(),
+                });
                 match polled {
                     Ok(Poll::Ready(Ok(response))) => Poll::Ready(response),
                     Ok(Poll::Pending) => Poll::Pending,
@@ -554,7 +645,7 @@ impl Future for ResponseFuture {
             if extra.close {
                 observed.cut(Cut::Drain);
             }
-            observed.finish(&extra.sent.method, &mut response)
+            observed.finish(&extra.sent.method, extra.sent.uri.path(), &mut response)
         });
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(conn) = extra.upgrade.take()
