@@ -33,6 +33,10 @@
 //! # }
 //! ```
 //!
+//! Access lines (`log.access`) on kiln's workers are written in batches,
+//! when a worker runs out of ready work, not one `write` per request; other
+//! lines are written at once.
+//!
 //! Cost: every event and span that passes the callsite filter takes the
 //! filter's read lock (tracing#1632); events disabled at their callsite,
 //! which is every event on kiln's request path at the usual levels, do not.
@@ -50,11 +54,16 @@ use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use crate::ReloadError;
 
+mod fields;
+mod output;
+
+pub(crate) use output::{batch_this_thread, flush_thread};
+
 /// The variable that overrides `log.level` when set.
 const RUST_LOG: &str = "RUST_LOG";
 
 /// The access log's target (as `observe` logs it).
-const ACCESS_TARGET: &str = "kiln::access";
+pub(crate) const ACCESS_TARGET: &str = "kiln::access";
 
 /// The longest filter `PUT /admin/log-level` takes (its schema's
 /// `maxLength` says the same).
@@ -171,14 +180,17 @@ pub fn init(log: &LogConfig) -> Result<(), InitError> {
     let stderr_is_terminal = std::io::stderr().is_terminal();
     let text = (log.format == LogFormat::Pretty).then(|| {
         fmt::layer()
-            .with_writer(std::io::stderr)
+            .fmt_fields(fields::Fields)
+            .with_writer(output::Stderr)
+            .with_timer(output::Timestamps)
             .with_ansi(stderr_is_terminal)
     });
     let json = (log.format == LogFormat::Json).then(|| {
         fmt::layer()
             .json()
             .flatten_event(true)
-            .with_writer(std::io::stderr)
+            .with_writer(output::Stderr)
+            .with_timer(output::Timestamps)
             .with_ansi(false)
     });
     tracing_subscriber::registry()

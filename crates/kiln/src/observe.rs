@@ -29,13 +29,11 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Response};
 use tower::{Layer, Service};
 
+use crate::logging::ACCESS_TARGET;
 use crate::metrics::{self, Metrics};
 
 /// The request id header: taken from the request when valid, else made.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The target of access-log lines.
-pub(crate) const ACCESS_TARGET: &str = "kiln::access";
 
 /// The longest request id taken from a client.
 const MAX_REQUEST_ID: usize = 128;

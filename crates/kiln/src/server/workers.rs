@@ -122,17 +122,23 @@ fn spawn_worker<A: App>(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name(format!("kiln-worker-{id}"))
+        // Access lines wait in the thread's buffer until the worker has no
+        // ready work: one write per batch, not one per request.
+        .on_thread_park(crate::logging::flush_thread)
         .build()
         .map_err(io("cannot build a worker runtime"))?;
     let thread = std::thread::Builder::new()
         .name(format!("kiln-worker-{id}"))
         .spawn(move || {
+            crate::logging::batch_this_thread();
             let deadline = stop.clone();
             let cut = runtime.block_on(run_worker(id, kiln, ready_tx, listener_rx, stop, options));
             let left = deadline.borrow().map_or(Duration::ZERO, |deadline| {
                 deadline.saturating_duration_since(tokio::time::Instant::now())
             });
             runtime.shutdown_timeout(left);
+            // The drain's last lines, before the worker reports it is done.
+            crate::logging::flush_thread();
             let _ = done_tx.send(cut);
         })
         .map_err(io("cannot spawn a worker thread"))?;
