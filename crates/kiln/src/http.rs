@@ -11,12 +11,13 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::body::{Bytes, HttpBody};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use futures_util::future::try_join_all;
+use futures_util::task::AtomicWaker;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -256,13 +257,11 @@ async fn drain<C, E>(
     E: std::fmt::Display,
 {
     let mut connection = pin!(connection);
-    let deadline = tokio::select! {
-        biased;
-        result = connection.as_mut() => return ended(result),
-        // Copied out: the watch's guard must not live across an await.
-        stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) } => {
-            stopped.ok().flatten()
-        }
+    // Copied out: the watch's guard must not live across an await.
+    let stopped = pin!(async { stop.wait_for(Option::is_some).await.map(|d| *d) });
+    let deadline = match first_of(connection.as_mut(), stopped).await {
+        Ok(result) => return ended(result),
+        Err(stopped) => stopped.ok().flatten(),
     };
     if !conn.is_h2() {
         let left = deadline.map_or(Duration::ZERO, |d| {
@@ -276,6 +275,52 @@ async fn drain<C, E>(
     }
     shutdown(connection.as_mut());
     ended(connection.await);
+}
+
+/// Whether `signal`'s future woke the task, and the task to wake.
+struct Signal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The first of `main` (`Ok`) and `rare` (`Err`) to finish, polling `rare`
+/// only when it woke the task itself: a connection's task wakes for every
+/// request, and polling the drain watch each time cost ~200 instructions a
+/// request (`kiln-bench instructions`), where `select!` polls both.
+async fn first_of<A: Future, B: Future>(
+    mut main: Pin<&mut A>,
+    mut rare: Pin<&mut B>,
+) -> Result<A::Output, B::Output> {
+    let signal = Arc::new(Signal {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let rare_waker = Waker::from(signal.clone());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = main.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        // Registered before the flag is read: a wake in between finds it.
+        signal.task.register(cx.waker());
+        if signal.woken.swap(false, Ordering::AcqRel)
+            && let Poll::Ready(out) = rare.as_mut().poll(&mut Context::from_waker(&rare_waker))
+        {
+            return Poll::Ready(Err(out));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn ended<E: std::fmt::Display>(result: Result<(), E>) {
