@@ -153,3 +153,51 @@ fn the_access_log_is_off_by_default_and_a_reload_turns_it_on() {
         server.stderr.text()
     );
 }
+
+/// Access lines are written in batches: none is lost when kiln stops with
+/// requests still arriving.
+#[test]
+fn every_answered_request_is_logged_through_a_shutdown() {
+    let config = Config::sqlite()
+        .set("log.access", "true")
+        .set("server.workers", "2");
+    let mut server = Server::start(&config.render());
+    let (answered, ids) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let url = server.url("/");
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                let agent = util::agent();
+                for n in 0.. {
+                    let id = format!("drain-{client}-{n}");
+                    match util::call(&agent, "GET", &url, &[("x-request-id", &id)], None) {
+                        Ok(reply) if reply.status == 200 => {
+                            if answered.send(id).is_err() {
+                                return;
+                            }
+                        }
+                        // Refused or closed: kiln is stopping.
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(answered);
+    let mut logged_before_stop: Vec<String> = ids.iter().take(200).collect();
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    for client in clients {
+        client.join().expect("a client thread");
+    }
+    logged_before_stop.extend(ids.try_iter());
+    let text = server.stderr.wait_closed();
+    for id in &logged_before_stop {
+        assert!(
+            text.contains(&format!("request_id=\"{id}\"")),
+            "no access line for {id} among {} answered",
+            logged_before_stop.len()
+        );
+    }
+}
