@@ -64,6 +64,24 @@ impl Visitor<'_> {
         self.result = self.result.and(inner.finish());
     }
 
+    /// Writes `field` as `name=shown` (`shown` being what `DefaultFields`
+    /// shows of its value), or has `DefaultFields` write it with `default`.
+    fn record_shown(
+        &mut self,
+        field: &Field,
+        shown: fmt::Arguments<'_>,
+        default: impl FnOnce(&mut DefaultVisitor<'_>),
+    ) {
+        if self.result.is_err() || Self::skipped(field) {
+            return;
+        }
+        if !self.writes(field) {
+            return self.delegate(default);
+        }
+        self.name(field);
+        self.result = self.result.and_then(|()| self.writer.write_fmt(shown));
+    }
+
     fn name(&mut self, field: &Field) {
         self.pad();
         self.result = self
@@ -75,25 +93,15 @@ impl Visitor<'_> {
 
 impl Visit for Visitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_err() || Self::skipped(field) {
-            return;
-        }
-        if !self.writes(field) {
-            return self.delegate(|v| v.record_u64(field, value));
-        }
-        self.name(field);
-        self.result = self.result.and_then(|()| write!(self.writer, "{value}"));
+        self.record_shown(field, format_args!("{value}"), |v| {
+            v.record_u64(field, value)
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_err() || Self::skipped(field) {
-            return;
-        }
-        if !self.writes(field) {
-            return self.delegate(|v| v.record_i64(field, value));
-        }
-        self.name(field);
-        self.result = self.result.and_then(|()| write!(self.writer, "{value}"));
+        self.record_shown(field, format_args!("{value}"), |v| {
+            v.record_i64(field, value)
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -123,14 +131,9 @@ impl Visit for Visitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() || Self::skipped(field) {
-            return;
-        }
-        if !self.writes(field) {
-            return self.delegate(|v| v.record_debug(field, value));
-        }
-        self.name(field);
-        self.result = self.result.and_then(|()| write!(self.writer, "{value:?}"));
+        self.record_shown(field, format_args!("{value:?}"), |v| {
+            v.record_debug(field, value);
+        });
     }
 }
 
