@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ::metrics::{Counter, Histogram, Label};
+use ::metrics::{Counter, Label};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Response};
@@ -157,7 +157,7 @@ pub(crate) struct Route {
 
 struct Series {
     requests: Counter,
-    duration: Histogram,
+    duration: Arc<metrics::Durations>,
 }
 
 impl Route {
@@ -175,17 +175,19 @@ impl Route {
             .unwrap_or(METHODS.len());
         let class = usize::from(status / 100).clamp(1, CLASSES.len()) - 1;
         self.series[m][class].get_or_init(|| {
+            let method = METHODS.get(m).map_or("OTHER", Method::as_str);
             let labels = vec![
-                Label::new(
-                    "method",
-                    METHODS.get(m).map_or("OTHER", Method::as_str).to_owned(),
-                ),
+                Label::new("method", method.to_owned()),
                 Label::new("route", self.label.to_string()),
                 Label::from_static_parts("status", CLASSES[class]),
             ];
             Series {
-                requests: metrics.counter(metrics::REQUESTS, labels.clone()),
-                duration: metrics.histogram(metrics::REQUEST_DURATION, labels),
+                requests: metrics.counter(metrics::REQUESTS, labels),
+                duration: metrics.durations([
+                    method.to_owned(),
+                    self.label.to_string(),
+                    CLASSES[class].to_owned(),
+                ]),
             }
         })
     }
@@ -304,7 +306,7 @@ impl Observed {
         counted: bool,
     ) -> Self {
         if observer.record && counted {
-            observer.metrics.in_flight().increment(1.0);
+            observer.metrics.in_flight(1);
         }
         let request_id = (observer.access && counted).then(|| request_id(request));
         Self {
@@ -352,7 +354,7 @@ impl Observed {
             let series = route.series(&observer.metrics, method, status);
             if self.counted {
                 series.requests.increment(1);
-                series.duration.record(self.started.elapsed().as_secs_f64());
+                series.duration.record(self.started.elapsed());
             }
         }
         let request_id = self.request_id.as_ref()?;
@@ -374,7 +376,7 @@ impl Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         if self.observer.record && self.counted {
-            self.observer.metrics.in_flight().decrement(1.0);
+            self.observer.metrics.in_flight(-1);
         }
     }
 }
