@@ -13,6 +13,8 @@
 #   overhead     kiln GET / vs bare axum at saturation, 1 and 2 workers,
 #                shared listener vs SO_REUSEPORT (wrk)
 #   instructions the same, as user-space instructions per request (callgrind)
+#   db           GET /q (pool.get() + SELECT 1 on PostgreSQL): kiln vs axum and
+#                actix-web with deadpool-postgres, 1 and 2 workers; then callgrind
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
 #   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
@@ -47,7 +49,7 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead instructions coldstart startup reload save-to-serve anchors memory fleet"}
+SECTIONS=${SECTIONS:-"config-read overhead instructions db coldstart startup reload save-to-serve anchors memory fleet"}
 FLEET_PG_PORT=${FLEET_PG_PORT:-5499}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
@@ -65,7 +67,7 @@ if ! command -v wrk >/dev/null; then
     say "installing wrk (Debian)"
     { apt-get update -qq && apt-get install -y -qq wrk; } >&2 || { echo "cannot install wrk" >&2; exit 1; }
 fi
-if wants instructions && ! command -v callgrind_control >/dev/null; then
+if { wants instructions || wants db; } && ! command -v callgrind_control >/dev/null; then
     say "installing valgrind (Debian)"
     { apt-get update -qq && apt-get install -y -qq valgrind; } >&2 || { echo "cannot install valgrind" >&2; exit 1; }
 fi
@@ -123,11 +125,12 @@ section overhead "$BENCH" "${COMMON[@]}" --runs "$OVERHEAD_RUNS" overhead
 section instructions "$BENCH" "${COMMON[@]}" instructions
 
 pg_ok=1
-if wants coldstart || wants startup || wants reload || wants memory; then
+if wants db || wants coldstart || wants startup || wants reload || wants memory; then
     say "preparing the PostgreSQL database kiln_bench on $PG_ADDR"
     "$BENCH" "${COMMON[@]}" setup-db || { pg_ok=0; failed+=("setup-db (PostgreSQL at $PG_ADDR)"); }
 fi
 if [[ $pg_ok == 1 ]]; then
+    section db "$BENCH" "${COMMON[@]}" --runs "$RUNS" db
     section coldstart "$BENCH" "${COMMON[@]}" --runs "$RUNS" coldstart
     section startup "$BENCH" "${COMMON[@]}" --runs "$RUNS" startup
     section reload "$BENCH" "${COMMON[@]}" --runs "$RUNS" reload

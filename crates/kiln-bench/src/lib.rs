@@ -3,6 +3,7 @@
 //! one entry point.
 //!
 //! - [`baseline`]: the command line of the baseline servers.
+//! - [`dbq`]: the database path's query and checkout-wait histogram.
 //! - [`stats`]: percentiles and median/min/max over repeated runs.
 //! - [`http`]: a minimal HTTP/1.1 client (one connection, keep-alive) that
 //!   reports status, generation header and timing.
@@ -12,6 +13,7 @@
 //!   until its port accepts, read its RSS, stop it.
 
 pub mod baseline;
+pub mod dbq;
 pub mod http;
 pub mod load;
 pub mod process;

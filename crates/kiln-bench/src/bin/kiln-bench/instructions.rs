@@ -141,7 +141,7 @@ pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
     c.save("instructions", &json!({"counts": counts}), &table)
 }
 
-fn callgrind_control(server: &Server, flag: &str) -> anyhow::Result<()> {
+pub(crate) fn callgrind_control(server: &Server, flag: &str) -> anyhow::Result<()> {
     let status = Command::new("callgrind_control")
         .arg(flag)
         .arg(server.pid().to_string())

@@ -14,6 +14,7 @@ use serde_json::Value;
 mod anchors;
 mod coldstart;
 mod conf;
+mod db;
 mod fleet;
 mod instructions;
 mod memory;
@@ -88,6 +89,21 @@ enum Cmd {
         /// Seconds of the counted load.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// The database path: `GET /q` (`pool.get()` + `SELECT 1`) in kiln vs axum and actix-web with deadpool-postgres.
+    Db {
+        /// Seconds of each measured load run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Every server's pool size (all of it warm).
+        #[arg(long, default_value_t = 16)]
+        pool: usize,
+        /// Seconds of counted load per variant under callgrind; 0 skips it.
+        #[arg(long, default_value_t = 5)]
+        instruction_seconds: u64,
     },
     /// Cold start: first wave vs steady waves against PostgreSQL, kiln vs lazy.
     Coldstart {
@@ -172,6 +188,12 @@ fn main() -> anyhow::Result<()> {
             connections,
         } => overhead(c, seconds, connections),
         Cmd::Instructions { seconds } => instructions::instructions(c, seconds),
+        Cmd::Db {
+            seconds,
+            connections,
+            pool,
+            instruction_seconds,
+        } => db::db(c, seconds, connections, pool, instruction_seconds),
         Cmd::Coldstart { pool, waves } => runtime()?.block_on(coldstart(c, pool, waves)),
         Cmd::Startup { delay_ms } => startup(c, delay_ms),
         Cmd::Reload {

@@ -193,12 +193,23 @@ pub(crate) fn wrk(
     seconds: u64,
     connections: usize,
 ) -> anyhow::Result<LoadRun> {
+    wrk_path(c, addr, "/", seconds, connections)
+}
+
+/// [`wrk`] on `GET path`.
+pub(crate) fn wrk_path(
+    c: &Common,
+    addr: SocketAddr,
+    path: &str,
+    seconds: u64,
+    connections: usize,
+) -> anyhow::Result<LoadRun> {
     let output = Command::new("taskset")
         .args(["-c", &c.client_cpus, "wrk", "-t1"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("--latency")
-        .arg(format!("http://{addr}/"))
+        .arg(format!("http://{addr}{path}"))
         .output()
         .context("cannot run wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);

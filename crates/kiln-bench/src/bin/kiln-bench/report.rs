@@ -154,6 +154,7 @@ pub(crate) fn report(c: &Common, criterion: &Path) -> anyhow::Result<()> {
     for name in [
         "overhead",
         "instructions",
+        "db",
         "coldstart",
         "startup",
         "reload",
