@@ -12,6 +12,7 @@ mod cli;
 mod config_patch;
 mod connections;
 mod db_outage;
+mod db_path;
 mod deploy_files;
 mod embed_answers;
 mod embed_generation;

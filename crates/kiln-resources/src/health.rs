@@ -134,19 +134,15 @@ pub(crate) fn maintain(name: &str, pool: &Pool, warm: usize, monitor: Arc<Monito
 /// that an outage ties up one pool slot, not `warm`.
 async fn top_up(name: &str, pool: &Pool, warm: usize, monitor: &Monitor) -> Result<(), String> {
     pool.drop_closed();
-    let status = pool.figures();
     // At its floor, or shrinking: `Pool::retire` lowers `max_size` first.
-    if status.size >= warm || status.max_size < warm {
+    if pool.missing(warm) == 0 || pool.figures().max_size < warm {
         return Ok(());
     }
-    let in_use = status.size - status.available;
     if !monitor.is_ok() {
         pool.warm(name, 1).await.map_err(|e| chain(&e))?;
     }
     // Holding the idle ones too makes the pool open the missing ones.
-    pool.warm(name, warm.saturating_sub(in_use))
-        .await
-        .map_err(|e| chain(&e))?;
+    pool.refill(name, warm).await.map_err(|e| chain(&e))?;
     monitor.reachable(name);
     tracing::info!(pool = %name, connections = warm, "Pool back at its warm floor");
     Ok(())

@@ -18,5 +18,6 @@ mod timeout;
 pub use checkout::BoundedGet;
 pub use health::Health;
 pub use pool::{BoxError, ErrorChain, Pool, PoolStatus, Pools, ResourceError};
+pub use postgres::{Homes, PostgresPool, check_out_from};
 pub use timeout::{TimedOut, within};
 pub use {deadpool_postgres, deadpool_sqlite};

@@ -8,7 +8,8 @@ use kiln_config::{PoolConfig, PoolKind};
 use serde::Serialize;
 
 use crate::health::{self, Health, Monitor};
-use crate::{postgres, sqlite};
+use crate::postgres::{self, Homes, PostgresPool, share};
+use crate::sqlite;
 
 /// A connection pool of one of the supported kinds. Cloning is cheap and
 /// shares the pool.
@@ -17,8 +18,10 @@ use crate::{postgres, sqlite};
 pub enum Pool {
     /// A SQLite pool; queries run on the blocking thread pool via `interact`.
     Sqlite(deadpool_sqlite::Pool),
-    /// A PostgreSQL pool.
-    Postgres(deadpool_postgres::Pool),
+    /// A PostgreSQL pool, in shares driven on their own runtimes; it
+    /// dereferences to the calling thread's share (a
+    /// `deadpool_postgres::Pool`).
+    Postgres(PostgresPool),
 }
 
 /// A pool's figures and health at one instant.
@@ -133,9 +136,27 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// When the section cannot make a pool (a malformed URL, say).
+    /// When the section cannot make a pool (a malformed URL, say), or
+    /// outside a tokio runtime.
     pub fn build(name: &str, config: &PoolConfig, base_dir: &Path) -> Result<Self, ResourceError> {
-        Self::build_monitored(name, config, base_dir, Arc::default())
+        let home = tokio::runtime::Handle::try_current()
+            .map_err(|e| ResourceError::caused(name, "no tokio runtime to drive connections", e))?;
+        Self::build_on(name, config, base_dir, &Homes::new(vec![home]))
+    }
+
+    /// [`build`](Self::build), with a PostgreSQL pool's connections
+    /// driven on `homes`, each with its share of `max_size`.
+    ///
+    /// # Errors
+    ///
+    /// When the section cannot make a pool.
+    pub fn build_on(
+        name: &str,
+        config: &PoolConfig,
+        base_dir: &Path,
+        homes: &Homes,
+    ) -> Result<Self, ResourceError> {
+        Self::build_monitored(name, config, base_dir, Arc::default(), homes)
     }
 
     fn build_monitored(
@@ -143,34 +164,78 @@ impl Pool {
         config: &PoolConfig,
         base_dir: &Path,
         monitor: Arc<Monitor>,
+        homes: &Homes,
     ) -> Result<Self, ResourceError> {
         match config.kind {
             PoolKind::Sqlite => sqlite::build(name, config, base_dir).map(Self::Sqlite),
-            PoolKind::Postgres => postgres::build(name, config, monitor).map(Self::Postgres),
+            PoolKind::Postgres => postgres::build(name, config, monitor, homes).map(Self::Postgres),
         }
     }
 
     /// Opens `count` connections at once and runs one query on each, then
-    /// returns them all to the pool.
+    /// returns them all to the pool (a PostgreSQL pool: each share its
+    /// part of `count`, on its own runtime).
     ///
     /// # Errors
     ///
     /// When a connection cannot be opened or queried.
     pub async fn warm(&self, name: &str, count: usize) -> Result<(), ResourceError> {
+        self.hold(name, |total, i, _| share(count, total, i)).await
+    }
+
+    /// Makes each PostgreSQL share (or the SQLite pool) hold its part of
+    /// `floor` connections, idle or in use: for the top-up.
+    pub(crate) async fn refill(&self, name: &str, floor: usize) -> Result<(), ResourceError> {
+        self.hold(name, |total, i, status| {
+            share(floor, total, i).saturating_sub(status.size - status.available)
+        })
+        .await
+    }
+
+    /// How many connections are missing below `floor`, each PostgreSQL
+    /// share counted against its part of it.
+    pub(crate) fn missing(&self, floor: usize) -> usize {
+        let missing =
+            |floor: usize, status: deadpool_postgres::Status| floor.saturating_sub(status.size);
         match self {
-            Self::Sqlite(pool) if count > 0 => {
-                // The first connection switches a new file to WAL, which takes
-                // an exclusive lock: let it finish before the others open.
-                let first = sqlite::checkout_and_ping(name, pool).await?;
-                let rest =
-                    try_join_all((1..count).map(|_| sqlite::checkout_and_ping(name, pool))).await?;
-                drop((first, rest));
-            }
-            Self::Sqlite(_) => {}
+            Self::Sqlite(pool) => missing(floor, pool.status()),
             Self::Postgres(pool) => {
-                let held =
-                    try_join_all((0..count).map(|_| postgres::checkout_and_ping(name, pool)))
-                        .await?;
+                let n = pool.shares().len();
+                let shares = pool.shares().iter().enumerate();
+                shares
+                    .map(|(i, p)| missing(share(floor, n, i), p.status()))
+                    .sum()
+            }
+        }
+    }
+
+    /// Holds `count(shares, share, its status)` connections of each share
+    /// at once, each queried once, then returns them all.
+    async fn hold(
+        &self,
+        name: &str,
+        count: impl Fn(usize, usize, &deadpool_postgres::Status) -> usize,
+    ) -> Result<(), ResourceError> {
+        match self {
+            Self::Sqlite(pool) => match count(1, 0, &pool.status()) {
+                0 => {}
+                count => {
+                    // The first connection switches a new file to WAL, which takes
+                    // an exclusive lock: let it finish before the others open.
+                    let first = sqlite::checkout_and_ping(name, pool).await?;
+                    let rest =
+                        try_join_all((1..count).map(|_| sqlite::checkout_and_ping(name, pool)))
+                            .await?;
+                    drop((first, rest));
+                }
+            },
+            Self::Postgres(pool) => {
+                let shares = pool.shares();
+                let held = try_join_all(shares.iter().enumerate().flat_map(|(i, share)| {
+                    let count = count(shares.len(), i, &share.status());
+                    (0..count).map(move |_| postgres::checkout_and_ping(name, share))
+                }))
+                .await?;
                 drop(held);
             }
         }
@@ -206,7 +271,7 @@ impl Pool {
     pub(crate) fn figures(&self) -> deadpool_postgres::Status {
         match self {
             Self::Sqlite(pool) => pool.status(),
-            Self::Postgres(pool) => pool.status(),
+            Self::Postgres(pool) => pool.status_all(),
         }
     }
 
@@ -214,7 +279,7 @@ impl Pool {
     pub fn is_closed(&self) -> bool {
         match self {
             Self::Sqlite(pool) => pool.is_closed(),
-            Self::Postgres(pool) => pool.is_closed(),
+            Self::Postgres(pool) => pool.shares().iter().all(deadpool_postgres::Pool::is_closed),
         }
     }
 
@@ -222,14 +287,21 @@ impl Pool {
     /// SQLite connection cannot lose its server).
     pub(crate) fn drop_closed(&self) {
         if let Self::Postgres(pool) = self {
-            drop(pool.retain(|client, _| !client.is_closed()));
+            for share in pool.shares() {
+                drop(share.retain(|client, _| !client.is_closed()));
+            }
         }
     }
 
     pub(crate) fn downgrade(&self) -> WeakPool {
         match self {
             Self::Sqlite(pool) => WeakPool::Sqlite(pool.weak()),
-            Self::Postgres(pool) => WeakPool::Postgres(pool.weak()),
+            Self::Postgres(pool) => WeakPool::Postgres(
+                pool.shares()
+                    .iter()
+                    .map(deadpool_postgres::Pool::weak)
+                    .collect(),
+            ),
         }
     }
 
@@ -239,7 +311,10 @@ impl Pool {
     pub fn close(&self) {
         match self {
             Self::Sqlite(pool) => pool.close(),
-            Self::Postgres(pool) => pool.close(),
+            Self::Postgres(pool) => pool
+                .shares()
+                .iter()
+                .for_each(deadpool_postgres::Pool::close),
         }
     }
 
@@ -249,31 +324,43 @@ impl Pool {
     /// the database server for everyone else (PostgreSQL backends exiting
     /// together held up the next queries on a new pool by ~10 ms).
     pub async fn retire(self, gap: Duration) {
-        let mut keep = self.status().size;
-        while keep > 0 {
-            tokio::time::sleep(gap).await;
-            keep -= 1;
-            // Shrinking drops one idle connection, or the next one returned.
-            match &self {
-                Self::Sqlite(pool) => pool.resize(keep),
-                Self::Postgres(pool) => pool.resize(keep),
+        match &self {
+            Self::Sqlite(pool) => shrink(gap, pool.status().size, |keep| pool.resize(keep)).await,
+            Self::Postgres(pool) => {
+                for share in pool.shares() {
+                    shrink(gap, share.status().size, |keep| share.resize(keep)).await;
+                }
             }
         }
         self.close();
     }
 }
 
+/// Lowers a pool from `size` to nothing one connection per `gap`, through
+/// its `resize`: shrinking drops one idle connection, or the next one
+/// returned.
+async fn shrink(gap: Duration, size: usize, resize: impl Fn(usize)) {
+    for keep in (0..size).rev() {
+        tokio::time::sleep(gap).await;
+        resize(keep);
+    }
+}
+
 /// A [`Pool`] that does not keep it open.
 pub(crate) enum WeakPool {
     Sqlite(deadpool_sqlite::WeakPool),
-    Postgres(deadpool_postgres::WeakPool),
+    Postgres(Vec<deadpool_postgres::WeakPool>),
 }
 
 impl WeakPool {
     pub(crate) fn upgrade(&self) -> Option<Pool> {
         match self {
             Self::Sqlite(weak) => weak.upgrade().map(Pool::Sqlite),
-            Self::Postgres(weak) => weak.upgrade().map(Pool::Postgres),
+            Self::Postgres(weak) => weak
+                .iter()
+                .map(deadpool_postgres::WeakPool::upgrade)
+                .collect::<Option<Vec<_>>>()
+                .map(|shares| Pool::Postgres(PostgresPool::from_shares(shares))),
         }
     }
 }
@@ -300,7 +387,8 @@ impl Pools {
     /// connections open (idle or in use) when the database drops them, and
     /// ends when the pool is closed or dropped. A pool for which `carry`
     /// returns `Some` is taken as is (already warm, its task running)
-    /// instead of being built.
+    /// instead of being built. A new PostgreSQL pool is built on `homes`
+    /// (see [`Pool::build_on`]).
     ///
     /// # Errors
     ///
@@ -312,6 +400,7 @@ impl Pools {
         base_dir: &Path,
         timeout: Duration,
         carry: &Pools,
+        homes: &Homes,
     ) -> Result<Self, ResourceError> {
         let warming = configs.iter().map(|(name, config)| {
             let carried = carry.0.get(name).cloned();
@@ -321,7 +410,7 @@ impl Pools {
                 }
                 let started = Instant::now();
                 let monitor = Arc::<Monitor>::default();
-                let pool = Pool::build_monitored(name, config, base_dir, monitor.clone())?;
+                let pool = Pool::build_monitored(name, config, base_dir, monitor.clone(), homes)?;
                 let count = config.warm_count();
                 tracing::info!(pool = %name, kind = %config.kind, connections = count, "Warming pool");
                 crate::within(timeout, format!("{count} connections"), pool.warm(name, count))

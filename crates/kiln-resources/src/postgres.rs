@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,32 +27,163 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a connect may take (TCP and start-up handshake).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The tokio runtimes that drive PostgreSQL connections (their socket I/O
+/// and protocol): a pool built on `n` homes is `n` deadpool pools, one per
+/// home, each with its share of `max_size` and `warm`, each opening and
+/// driving its connections on its own home. A thread checks out from the
+/// share of the home it said it is ([`check_out_from`]), so a worker
+/// thread whose runtime is a home runs its queries without a thread
+/// switch. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Homes(Arc<[Handle]>);
+
+impl Homes {
+    /// These runtimes, in order; none means the current one.
+    ///
+    /// # Panics
+    ///
+    /// With no runtimes given, outside a tokio runtime.
+    pub fn new(handles: Vec<Handle>) -> Self {
+        if handles.is_empty() {
+            Self::current()
+        } else {
+            Self(handles.into())
+        }
+    }
+
+    /// The current runtime alone.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn current() -> Self {
+        Self(Arc::new([Handle::current()]))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (never: there is at least one).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+thread_local! {
+    /// The home this thread checks out from (modulo a pool's share count).
+    static HOME: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread check out, from every PostgreSQL pool, the
+/// connections of home `index` (of the [`Homes`] the pool was built on,
+/// modulo their number): kiln's worker `i` calls it with `i` on its thread,
+/// whose runtime is home `i`. Threads that never call it use home 0.
+pub fn check_out_from(index: usize) {
+    HOME.with(|home| home.set(index));
+}
+
+/// A PostgreSQL pool: one deadpool pool per [`Homes`] runtime, each with
+/// its share of `max_size`, its connections driven on that runtime.
+/// Dereferences to the share of the calling thread's home (see
+/// [`check_out_from`]), so `pool.get()` checks out a connection driven on
+/// the caller's own runtime when it is a home. Cloning is cheap and shares
+/// the pool.
+#[derive(Clone)]
+pub struct PostgresPool {
+    shares: Arc<[Pool]>,
+}
+
+impl std::ops::Deref for PostgresPool {
+    type Target = Pool;
+
+    /// The calling thread's share. Resolved at each call: hold the
+    /// `PostgresPool`, not the `&Pool`, across threads.
+    fn deref(&self) -> &Pool {
+        &self.shares[HOME.with(Cell::get) % self.shares.len()]
+    }
+}
+
+impl std::fmt::Debug for PostgresPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresPool")
+            .field("shares", &self.shares.len())
+            .field("status", &self.status_all())
+            .finish()
+    }
+}
+
+impl PostgresPool {
+    /// Every share, in home order.
+    pub fn shares(&self) -> &[Pool] {
+        &self.shares
+    }
+
+    /// The figures of all shares together.
+    pub fn status_all(&self) -> deadpool_postgres::Status {
+        let mut all = deadpool_postgres::Status {
+            max_size: 0,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        };
+        for status in self.shares.iter().map(Pool::status) {
+            all.max_size += status.max_size;
+            all.size += status.size;
+            all.available += status.available;
+            all.waiting += status.waiting;
+        }
+        all
+    }
+
+    pub(crate) fn from_shares(shares: Vec<Pool>) -> Self {
+        Self {
+            shares: shares.into(),
+        }
+    }
+}
+
+/// Share `i` of `total` spread over `n` shares: the first `total % n` get
+/// one more.
+pub(crate) fn share(total: usize, n: usize, i: usize) -> usize {
+    total / n + usize::from(i < total % n)
+}
+
 pub(crate) fn build(
     name: &str,
     config: &PoolConfig,
     monitor: Arc<Monitor>,
-) -> Result<Pool, ResourceError> {
+    homes: &Homes,
+) -> Result<PostgresPool, ResourceError> {
     let pg_config = pg_config(config).map_err(|e| ResourceError::caused(name, "invalid url", e))?;
-    let handle = Handle::try_current()
-        .map_err(|e| ResourceError::caused(name, "no tokio runtime to drive connections", e))?;
-    let manager = Manager::from_connect(
-        pg_config,
-        OnRuntime {
-            home: handle,
-            pool: name.to_owned(),
-            monitor,
-        },
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .runtime(Runtime::Tokio1)
-        .max_size(config.max_size)
-        .wait_timeout(Some(config.wait_timeout))
-        .create_timeout(Some(config.wait_timeout))
-        .build()
-        .map_err(|e| ResourceError::caused(name, "cannot build the pool", e))
+    // No share may be empty: a thread whose share holds no connection would never get one.
+    let n = homes.len().min(config.max_size).max(1);
+    let shares = homes.0[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, home)| {
+            let manager = Manager::from_connect(
+                pg_config.clone(),
+                OnRuntime {
+                    home: home.clone(),
+                    pool: name.to_owned(),
+                    monitor: monitor.clone(),
+                },
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .runtime(Runtime::Tokio1)
+                .max_size(share(config.max_size, n, i))
+                .wait_timeout(Some(config.wait_timeout))
+                .create_timeout(Some(config.wait_timeout))
+                .build()
+                .map_err(|e| ResourceError::caused(name, "cannot build the pool", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PostgresPool::from_shares(shares))
 }
 
 /// The connection settings from the pool's URL, plus kiln's defaults for
@@ -115,9 +247,8 @@ pub(crate) async fn checkout_and_ping(name: &str, pool: &Pool) -> Result<Client,
     Ok(client)
 }
 
-/// Connects and drives every connection on one runtime (the one the pool was
-/// built on), so a connection opened from a worker thread does not live and
-/// die with that worker's runtime; records each attempt's outcome in the
+/// Connects and drives every connection of one share on its home runtime,
+/// whichever thread asked for it; records each attempt's outcome in the
 /// pool's health.
 struct OnRuntime {
     home: Handle,

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use kiln_config::{Config, Loaded};
-use kiln_resources::{Pool, Pools};
+use kiln_resources::{Homes, Pool, Pools};
 use serde_json::Value;
 
 use crate::resource::{Built, Registry};
@@ -282,7 +282,8 @@ pub(crate) async fn build_generation<C: AppConfig>(
     let carried = previous
         .map(|p| p.pools().filter(|name| unchanged("pools", name)))
         .unwrap_or_default();
-    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, &carried);
+    let homes = registry.homes.clone().unwrap_or_else(Homes::current);
+    let pools = Pools::warm_all(&loaded.config.pools, base_dir, timeout, &carried, &homes);
     let resources = registry.build_all(&loaded.config.resources, timeout, |name| {
         unchanged("resources", name)
             .then(|| previous.and_then(|p| p.built_resource(name)))

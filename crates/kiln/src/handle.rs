@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use axum::Router;
 use kiln_config::Loaded;
-use kiln_resources::{PoolStatus, within};
+use kiln_resources::{Homes, PoolStatus, within};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -680,19 +680,23 @@ impl<A: App> Builder<A> {
     /// A [`StartError`] naming what was invalid, or what was not ready
     /// within `server.warm_timeout`.
     pub async fn start(self, loaded: Loaded<A::Config>) -> Result<Kiln<A>, StartError> {
-        let kiln = self.start_unready(loaded, None).await?;
+        let kiln = self.start_unready(loaded, None, None).await?;
         kiln.shared.readiness.set_ready();
         Ok(kiln)
     }
 
     /// [`start`](Self::start), with readiness left off (the server turns it
     /// on once it listens); for a restart's new process, continuing the old
-    /// one's generations and history, with the restart recorded in it.
+    /// one's generations and history, with the restart recorded in it;
+    /// PostgreSQL connections driven on `homes` (on the runtime that builds
+    /// each pool when `None`).
     pub(crate) async fn start_unready(
-        self,
+        mut self,
         loaded: Loaded<A::Config>,
         continued: Option<Continued>,
+        homes: Option<Homes>,
     ) -> Result<Kiln<A>, StartError> {
+        self.registry.homes = homes;
         let base_dir = loaded
             .source
             .parent()

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, try_join_all};
 use kiln_config::{ConfigError, ErrorKind};
+use kiln_resources::Homes;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -70,10 +71,14 @@ pub trait Resource: Sized + Send + Sync + 'static {
 /// A built resource, type-erased.
 pub(crate) type Built = Arc<dyn Any + Send + Sync>;
 
-/// The registered resources: name → how to check and build its section.
+/// The registered resources: name → how to check and build its section;
+/// and where the PostgreSQL pools built with them drive their connections.
 #[derive(Clone, Default)]
 pub(crate) struct Registry {
     factories: BTreeMap<String, Arc<dyn Factory>>,
+    /// The runtimes that drive PostgreSQL connections; `None`: the runtime
+    /// that builds the pool.
+    pub(crate) homes: Option<Homes>,
 }
 
 trait Factory: Send + Sync {

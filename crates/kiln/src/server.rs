@@ -169,11 +169,17 @@ async fn start<A: App>(
         history: s.history.clone(),
         config: s.config.clone(),
     });
-    let kiln = signals
-        .unless_stopped("warming pools", builder.start_unready(loaded, continued))
-        .await??;
     let (stop, stopped) = watch::channel(None);
-    let mut workers = start_workers(&kiln, &stopped, &server)?;
+    // The workers' runtimes run first: they drive the pools' connections.
+    let waiting = start_workers(&stopped, &server)?;
+    let homes = pg_homes(&waiting.homes);
+    let kiln = signals
+        .unless_stopped(
+            "warming pools",
+            builder.start_unready(loaded, continued, homes),
+        )
+        .await??;
+    let mut workers = waiting.attach(&kiln);
     let warm_deadline = tokio::time::Instant::from_std(started) + server.warm_timeout;
     signals
         .unless_stopped(
@@ -292,4 +298,26 @@ async fn first_stop(terminate: &mut Signal, interrupt: &mut Signal) -> &'static 
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Io { what, source }
+}
+
+/// Where PostgreSQL connections are driven, as `KILN_PG_DRIVE` says (a
+/// measurement switch): `control` (this runtime), `io` (one dedicated
+/// runtime thread), or `worker` (each worker's own runtime, the default).
+fn pg_homes(workers: &kiln_resources::Homes) -> Option<kiln_resources::Homes> {
+    match std::env::var("KILN_PG_DRIVE").as_deref() {
+        Ok("control") => None,
+        Ok("io") => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("an I/O runtime");
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("kiln-pg-io".to_owned())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .expect("an I/O thread");
+            Some(kiln_resources::Homes::new(vec![handle]))
+        }
+        _ => Some(workers.clone()),
+    }
 }

@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kiln_config::ServerConfig;
+use kiln_resources::Homes;
 use tokio::sync::oneshot;
 
 use super::{Stop, io};
@@ -24,16 +25,49 @@ pub(super) struct WorkerHandle {
     done: oneshot::Receiver<usize>,
 }
 
-/// Starts `server.workers` worker threads.
+/// The started workers, waiting for kiln: [`attach`](Self::attach) hands
+/// it to them; dropped unsent, the workers end.
+pub(super) struct Started<A: App> {
+    pub(super) workers: Vec<WorkerHandle>,
+    /// Each worker's runtime, in worker order: they drive the PostgreSQL
+    /// connections the workers use.
+    pub(super) homes: Homes,
+    kiln: Vec<oneshot::Sender<Kiln<A>>>,
+}
+
+impl<A: App> Started<A> {
+    /// Lets every worker attach to `kiln` (build and warm its app).
+    pub(super) fn attach(self, kiln: &Kiln<A>) -> Vec<WorkerHandle> {
+        for sender in self.kiln {
+            // A worker that died is noticed when start-up waits for it.
+            let _ = sender.send(kiln.clone());
+        }
+        self.workers
+    }
+}
+
+/// Starts `server.workers` worker threads, each running its runtime (and
+/// so the connections it drives) while it waits for kiln.
 pub(super) fn start_workers<A: App>(
-    kiln: &Kiln<A>,
     stop: &Stop,
     server: &ServerConfig,
-) -> Result<Vec<WorkerHandle>, StartError> {
+) -> Result<Started<A>, StartError> {
     let options = ConnOptions::of(server);
-    (0..server.worker_count())
-        .map(|id| spawn_worker(id, kiln.clone(), stop.clone(), options.clone()))
-        .collect()
+    let mut started = Started {
+        workers: Vec::new(),
+        homes: Homes::current(),
+        kiln: Vec::new(),
+    };
+    let mut homes = Vec::new();
+    for id in 0..server.worker_count() {
+        let (kiln, kiln_rx) = oneshot::channel();
+        let (worker, home) = spawn_worker(id, kiln_rx, stop.clone(), options.clone())?;
+        started.workers.push(worker);
+        started.kiln.push(kiln);
+        homes.push(home);
+    }
+    started.homes = Homes::new(homes);
+    Ok(started)
 }
 
 /// Waits until every worker is warm, or the first failure.
@@ -105,17 +139,17 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// Starts worker `id` on its own thread and current-thread runtime. It
-/// attaches to `kiln` (building and warming its app there), reports on
-/// `ready`, waits for its share of the listeners, then serves until `stop`
-/// holds a deadline. Blocking work still running at the deadline is
-/// abandoned with the runtime.
+/// Starts worker `id` on its own thread and current-thread runtime, whose
+/// handle it returns. It waits for `kiln` and attaches to it (building and
+/// warming its app there), reports on `ready`, waits for its share of the
+/// listeners, then serves until `stop` holds a deadline. Blocking work still
+/// running at the deadline is abandoned with the runtime.
 fn spawn_worker<A: App>(
     id: usize,
-    kiln: Kiln<A>,
+    kiln: oneshot::Receiver<Kiln<A>>,
     stop: Stop,
     options: ConnOptions,
-) -> Result<WorkerHandle, StartError> {
+) -> Result<(WorkerHandle, tokio::runtime::Handle), StartError> {
     let (ready_tx, ready) = oneshot::channel();
     let (listener, listener_rx) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
@@ -127,10 +161,13 @@ fn spawn_worker<A: App>(
         .on_thread_park(crate::logging::flush_thread)
         .build()
         .map_err(io("cannot build a worker runtime"))?;
+    let home = runtime.handle().clone();
     let thread = std::thread::Builder::new()
         .name(format!("kiln-worker-{id}"))
         .spawn(move || {
             crate::logging::batch_this_thread();
+            // This runtime is home `id` of every PostgreSQL pool.
+            kiln_resources::check_out_from(id);
             let deadline = stop.clone();
             let cut = runtime.block_on(run_worker(id, kiln, ready_tx, listener_rx, stop, options));
             let left = deadline.borrow().map_or(Duration::ZERO, |deadline| {
@@ -142,25 +179,29 @@ fn spawn_worker<A: App>(
             let _ = done_tx.send(cut);
         })
         .map_err(io("cannot spawn a worker thread"))?;
-    Ok(WorkerHandle {
+    let worker = WorkerHandle {
         id,
         thread,
         ready,
         listener: Some(listener),
         done,
-    })
+    };
+    Ok((worker, home))
 }
 
 /// The life of worker `id` on its runtime; returns how many connections
 /// the grace cut.
 async fn run_worker<A: App>(
     id: usize,
-    kiln: Kiln<A>,
+    kiln: oneshot::Receiver<Kiln<A>>,
     ready: oneshot::Sender<Result<(), BuildError>>,
     listener: oneshot::Receiver<Vec<std::net::TcpListener>>,
     stop: Stop,
     options: ConnOptions,
 ) -> usize {
+    let Ok(kiln) = kiln.await else {
+        return 0; // start-up failed before the pools were warm
+    };
     let warming = Instant::now();
     let worker = match kiln.worker().await {
         Ok(worker) => worker,
