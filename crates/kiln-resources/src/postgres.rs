@@ -71,6 +71,10 @@ impl Homes {
     }
 }
 
+/// Measurement switch (temporary): `KILN_PG_BORROW=0` never borrows.
+static BORROW: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("KILN_PG_BORROW").as_deref() != Ok("0"));
+
 thread_local! {
     /// The home this thread checks out from (modulo a pool's share count).
     static HOME: Cell<usize> = const { Cell::new(0) };
@@ -90,6 +94,11 @@ pub fn check_out_from(index: usize) {
 /// [`check_out_from`]), so `pool.get()` checks out a connection driven on
 /// the caller's own runtime when it is a home. Cloning is cheap and shares
 /// the pool.
+///
+/// What goes through the dereference acts on that one share: `status()`
+/// reads its figures ([`status_all`](Self::status_all) sums them), and
+/// `close()` or `resize()` change it alone (kiln's
+/// [`Pool::close`](crate::Pool::close) closes every share).
 #[derive(Clone)]
 pub struct PostgresPool {
     shares: Arc<[Pool]>,
@@ -98,10 +107,21 @@ pub struct PostgresPool {
 impl std::ops::Deref for PostgresPool {
     type Target = Pool;
 
-    /// The calling thread's share. Resolved at each call: hold the
-    /// `PostgresPool`, not the `&Pool`, across threads.
+    /// The calling thread's share, unless every one of its connections is
+    /// in use and it may open no more while another share has one idle:
+    /// then that share, so that connections idle on one worker are
+    /// borrowed (driven on their own runtime) rather than waited for on
+    /// another. Resolved at each call: hold the `PostgresPool`, not the
+    /// `&Pool`, across threads.
     fn deref(&self) -> &Pool {
-        &self.shares[HOME.with(Cell::get) % self.shares.len()]
+        let own = &self.shares[HOME.with(Cell::get) % self.shares.len()];
+        if self.shares.len() == 1 || !*BORROW || has_room(own) {
+            return own;
+        }
+        self.shares
+            .iter()
+            .find(|share| share.status().available > 0)
+            .unwrap_or(own)
     }
 }
 
@@ -142,6 +162,13 @@ impl PostgresPool {
             shares: shares.into(),
         }
     }
+}
+
+/// Whether a checkout from `share` needs no wait: a connection is idle, or
+/// it may open one more.
+fn has_room(share: &Pool) -> bool {
+    let status = share.status();
+    status.available > 0 || status.size < status.max_size
 }
 
 /// Share `i` of `total` spread over `n` shares: the first `total % n` get

@@ -25,7 +25,8 @@ use crate::{Common, KilnConf, runtime};
 /// Who serves `GET /q`.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// kiln, with its PostgreSQL connections driven as `KILN_PG_DRIVE` says.
+    /// kiln, with its PostgreSQL connections driven as `KILN_PG_DRIVE` says
+    /// (`worker-strict`: `worker` without borrowing).
     Kiln(&'static str),
     /// `dbq --server axum`.
     Axum,
@@ -37,15 +38,33 @@ const AXUM: &str = "bare axum + deadpool-postgres";
 const ACTIX: &str = "actix-web + deadpool-postgres";
 
 /// (label, server, workers or threads)
-const VARIANTS: [(&str, Kind, usize); 10] = [
+const VARIANTS: [(&str, Kind, usize); 12] = [
     ("kiln, (a) control runtime", Kind::Kiln("control"), 1),
     ("kiln, (b) dedicated I/O runtime", Kind::Kiln("io"), 1),
-    ("kiln, (c) per-worker connections", Kind::Kiln("worker"), 1),
+    (
+        "kiln, (c) per-worker connections",
+        Kind::Kiln("worker-strict"),
+        1,
+    ),
+    (
+        "kiln, (c) per-worker, borrowing idle",
+        Kind::Kiln("worker"),
+        1,
+    ),
     (AXUM, Kind::Axum, 1),
     (ACTIX, Kind::Actix, 1),
     ("kiln, (a) control runtime", Kind::Kiln("control"), 2),
     ("kiln, (b) dedicated I/O runtime", Kind::Kiln("io"), 2),
-    ("kiln, (c) per-worker connections", Kind::Kiln("worker"), 2),
+    (
+        "kiln, (c) per-worker connections",
+        Kind::Kiln("worker-strict"),
+        2,
+    ),
+    (
+        "kiln, (c) per-worker, borrowing idle",
+        Kind::Kiln("worker"),
+        2,
+    ),
     (AXUM, Kind::Axum, 2),
     (ACTIX, Kind::Actix, 2),
 ];
@@ -89,7 +108,12 @@ fn start(
             conf.write(c, "db")?;
             args.extend(["--server", "kiln", "--config"].map(str::to_owned));
             args.push(c.tmp("db.toml").display().to_string());
+            let (drive, borrow) = match drive.strip_suffix("-strict") {
+                Some(drive) => (drive, "0"),
+                None => (drive, "1"),
+            };
             envs.push(("KILN_PG_DRIVE".to_owned(), drive.to_owned()));
+            envs.push(("KILN_PG_BORROW".to_owned(), borrow.to_owned()));
             conf.addr()
         }
         Kind::Axum | Kind::Actix => {
