@@ -71,10 +71,6 @@ impl Homes {
     }
 }
 
-/// Measurement switch (temporary): `KILN_PG_BORROW=0` never borrows.
-static BORROW: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("KILN_PG_BORROW").as_deref() != Ok("0"));
-
 thread_local! {
     /// The home this thread checks out from (modulo a pool's share count).
     static HOME: Cell<usize> = const { Cell::new(0) };
@@ -115,7 +111,7 @@ impl std::ops::Deref for PostgresPool {
     /// `&Pool`, across threads.
     fn deref(&self) -> &Pool {
         let own = &self.shares[HOME.with(Cell::get) % self.shares.len()];
-        if self.shares.len() == 1 || !*BORROW || has_room(own) {
+        if self.shares.len() == 1 || has_room(own) {
             return own;
         }
         self.shares
@@ -380,5 +376,105 @@ mod tests {
         let pg = pg_config(&config("host=db user=u keepalives_idle=7")).unwrap();
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(7));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+    }
+}
+
+/// Shares on runtimes of their own, against the local PostgreSQL.
+#[cfg(test)]
+mod homes {
+    use std::path::Path;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::Pool as KilnPool;
+
+    const URL: &str = "postgres://postgres@127.0.0.1:5432/test?connect_timeout=5";
+
+    /// A current-thread runtime running on its own thread until `stop`.
+    struct Home {
+        handle: Handle,
+        stop: oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Home {
+        fn start() -> Self {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || drop(runtime.block_on(stopped)));
+            Self {
+                handle,
+                stop,
+                thread,
+            }
+        }
+
+        /// Ends the runtime and every task on it.
+        fn end(self) {
+            let _ = self.stop.send(());
+            self.thread.join().unwrap();
+        }
+    }
+
+    /// A pool of 2 on two homes (a share of 1 each), warm; checkouts wait
+    /// 300 ms at most.
+    async fn pool_on(homes: &[&Home]) -> PostgresPool {
+        let mut config = PoolConfig::new(kiln_config::PoolKind::Postgres, URL);
+        config.max_size = 2;
+        config.wait_timeout = Duration::from_millis(300);
+        let homes = Homes::new(homes.iter().map(|home| home.handle.clone()).collect());
+        let pool = KilnPool::build_on("main", &config, Path::new("."), &homes).unwrap();
+        pool.warm("main", 2)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (trust auth, database `test`)");
+        let KilnPool::Postgres(pool) = pool else {
+            unreachable!()
+        };
+        pool
+    }
+
+    #[tokio::test]
+    async fn each_share_is_driven_on_its_own_home() {
+        let (zero, one) = (Home::start(), Home::start());
+        let pool = pool_on(&[&zero, &one]).await;
+        assert_eq!(pool.shares().len(), 2);
+        assert_eq!(pool.status_all().size, 2, "max_size is the total");
+        let on_zero = pool.shares()[0].get().await.unwrap();
+        let on_one = pool.shares()[1].get().await.unwrap();
+
+        one.end();
+        assert!(
+            on_one.is_closed(),
+            "home 1's connection ended with its runtime"
+        );
+        assert!(!on_zero.is_closed());
+        on_zero.simple_query("SELECT 1").await.unwrap();
+        zero.end();
+    }
+
+    #[tokio::test]
+    async fn a_thread_borrows_an_idle_connection_of_another_share_before_waiting() {
+        let (zero, one) = (Home::start(), Home::start());
+        let pool = pool_on(&[&zero, &one]).await;
+        check_out_from(0);
+        let own = pool.get().await.unwrap();
+        assert_eq!(
+            pool.shares()[0].status().available,
+            0,
+            "home 0's share first"
+        );
+        let borrowed = pool.get().await.expect("home 1's idle connection");
+        assert_eq!(pool.shares()[1].status().available, 0);
+        borrowed.simple_query("SELECT 1").await.unwrap();
+        // None idle anywhere: it waits on its own share, for wait_timeout.
+        assert!(pool.get().await.is_err());
+        drop((own, borrowed));
+        zero.end();
+        one.end();
     }
 }

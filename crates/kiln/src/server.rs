@@ -33,12 +33,14 @@ type Stop = watch::Receiver<Option<tokio::time::Instant>>;
 
 /// Runs kiln as a server until SIGTERM or SIGINT, then drains and returns.
 ///
-/// Start-up: build and warm every pool concurrently, start
-/// `server.workers` threads (each with its own current-thread runtime,
-/// building and warming its app instance on itself), and only then bind
-/// the main and admin listeners and turn readiness on. Call it on the
-/// runtime that should drive PostgreSQL connections and the admin API (the
-/// control plane); requests never run there.
+/// Start-up: start `server.workers` threads (each with its own
+/// current-thread runtime), build and warm every pool concurrently, each
+/// PostgreSQL pool in one share per worker whose connections that worker's
+/// runtime opens and drives, then let each worker build and warm its app
+/// instance on itself, and only then bind the main and admin listeners and
+/// turn readiness on. Call it on the runtime that should run the admin API
+/// and reloads (the control plane); requests and their queries never run
+/// there.
 ///
 /// Drain: readiness off, `server.drain_delay` of serving as usual, then
 /// the listeners close and everything left (in-flight requests, blocking
@@ -172,7 +174,7 @@ async fn start<A: App>(
     let (stop, stopped) = watch::channel(None);
     // The workers' runtimes run first: they drive the pools' connections.
     let waiting = start_workers(&stopped, &server)?;
-    let homes = pg_homes(&waiting.homes);
+    let homes = Some(waiting.homes.clone());
     let kiln = signals
         .unless_stopped(
             "warming pools",
@@ -298,26 +300,4 @@ async fn first_stop(terminate: &mut Signal, interrupt: &mut Signal) -> &'static 
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Io { what, source }
-}
-
-/// Where PostgreSQL connections are driven, as `KILN_PG_DRIVE` says (a
-/// measurement switch): `control` (this runtime), `io` (one dedicated
-/// runtime thread), or `worker` (each worker's own runtime, the default).
-fn pg_homes(workers: &kiln_resources::Homes) -> Option<kiln_resources::Homes> {
-    match std::env::var("KILN_PG_DRIVE").as_deref() {
-        Ok("control") => None,
-        Ok("io") => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("an I/O runtime");
-            let handle = runtime.handle().clone();
-            std::thread::Builder::new()
-                .name("kiln-pg-io".to_owned())
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
-                .expect("an I/O thread");
-            Some(kiln_resources::Homes::new(vec![handle]))
-        }
-        _ => Some(workers.clone()),
-    }
 }

@@ -25,9 +25,8 @@ use crate::{Common, KilnConf, runtime};
 /// Who serves `GET /q`.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// kiln, with its PostgreSQL connections driven as `KILN_PG_DRIVE` says
-    /// (`worker-strict`: `worker` without borrowing).
-    Kiln(&'static str),
+    /// `dbq --server kiln`.
+    Kiln,
     /// `dbq --server axum`.
     Axum,
     /// `dbq --server actix`.
@@ -38,33 +37,11 @@ const AXUM: &str = "bare axum + deadpool-postgres";
 const ACTIX: &str = "actix-web + deadpool-postgres";
 
 /// (label, server, workers or threads)
-const VARIANTS: [(&str, Kind, usize); 12] = [
-    ("kiln, (a) control runtime", Kind::Kiln("control"), 1),
-    ("kiln, (b) dedicated I/O runtime", Kind::Kiln("io"), 1),
-    (
-        "kiln, (c) per-worker connections",
-        Kind::Kiln("worker-strict"),
-        1,
-    ),
-    (
-        "kiln, (c) per-worker, borrowing idle",
-        Kind::Kiln("worker"),
-        1,
-    ),
+const VARIANTS: [(&str, Kind, usize); 6] = [
+    ("kiln", Kind::Kiln, 1),
     (AXUM, Kind::Axum, 1),
     (ACTIX, Kind::Actix, 1),
-    ("kiln, (a) control runtime", Kind::Kiln("control"), 2),
-    ("kiln, (b) dedicated I/O runtime", Kind::Kiln("io"), 2),
-    (
-        "kiln, (c) per-worker connections",
-        Kind::Kiln("worker-strict"),
-        2,
-    ),
-    (
-        "kiln, (c) per-worker, borrowing idle",
-        Kind::Kiln("worker"),
-        2,
-    ),
+    ("kiln", Kind::Kiln, 2),
     (AXUM, Kind::Axum, 2),
     (ACTIX, Kind::Actix, 2),
 ];
@@ -99,21 +76,14 @@ fn start(
     valgrind: Option<&[String]>,
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let mut args = Vec::new();
-    let mut envs = Vec::new();
     let addr = match kind {
-        Kind::Kiln(drive) => {
+        Kind::Kiln => {
             let mut conf = KilnConf::new(threads)?.postgres(c.pg_url(c.pg_addr), pool, pool);
             conf.warm_requests = vec!["/q".to_owned()];
             conf.log_level = "warn";
             conf.write(c, "db")?;
             args.extend(["--server", "kiln", "--config"].map(str::to_owned));
             args.push(c.tmp("db.toml").display().to_string());
-            let (drive, borrow) = match drive.strip_suffix("-strict") {
-                Some(drive) => (drive, "0"),
-                None => (drive, "1"),
-            };
-            envs.push(("KILN_PG_DRIVE".to_owned(), drive.to_owned()));
-            envs.push(("KILN_PG_BORROW".to_owned(), borrow.to_owned()));
             conf.addr()
         }
         Kind::Axum | Kind::Actix => {
@@ -137,12 +107,12 @@ fn start(
             let mut all = tool.to_vec();
             all.push(program);
             all.extend(args);
-            Server::start("valgrind".as_ref(), &all, &envs, Some(&c.server_cpus), None)?
+            Server::start("valgrind".as_ref(), &all, &[], Some(&c.server_cpus), None)?
         }
         None => Server::start(
             program.as_ref(),
             &args,
-            &envs,
+            &[],
             Some(&c.server_cpus),
             Some(&c.tmp("db.log")),
         )?,
