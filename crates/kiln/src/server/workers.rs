@@ -53,21 +53,19 @@ pub(super) fn start_workers<A: App>(
     server: &ServerConfig,
 ) -> Result<Started<A>, StartError> {
     let options = ConnOptions::of(server);
-    let mut started = Started {
-        workers: Vec::new(),
-        homes: Homes::current(),
-        kiln: Vec::new(),
-    };
-    let mut homes = Vec::new();
+    let (mut workers, mut homes, mut kilns) = (Vec::new(), Vec::new(), Vec::new());
     for id in 0..server.worker_count() {
         let (kiln, kiln_rx) = oneshot::channel();
         let (worker, home) = spawn_worker(id, kiln_rx, stop.clone(), options.clone())?;
-        started.workers.push(worker);
-        started.kiln.push(kiln);
+        workers.push(worker);
         homes.push(home);
+        kilns.push(kiln);
     }
-    started.homes = Homes::new(homes);
-    Ok(started)
+    Ok(Started {
+        workers,
+        homes: Homes::new(homes),
+        kiln: kilns,
+    })
 }
 
 /// Waits until every worker is warm, or the first failure.
