@@ -1,11 +1,12 @@
 //! What the database-path servers (`dbq --server kiln|axum|actix`) share:
 //! the one query every `GET /q` runs, and a histogram of how long
-//! `pool.get()` waited, read (and reset) through `GET /wait`.
+//! `pool.get()` waited, read (and reset) through `GET /wait`; and the
+//! deadpool-postgres pool the baselines build.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Serialize;
 
 /// Histogram buckets: one per µs below 1,024 µs, then one per 1,024 µs up
@@ -14,6 +15,28 @@ const FINE: usize = 1024;
 const BUCKETS: usize = 2 * FINE;
 
 static WAITS: [AtomicU64; BUCKETS] = [const { AtomicU64::new(0) }; BUCKETS];
+
+/// A deadpool-postgres pool as a user builds one (fast recycling, checkouts
+/// and connects waiting 2 s at most), empty: nothing connects yet.
+///
+/// # Errors
+///
+/// When `url` is not a PostgreSQL URL.
+pub fn deadpool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        url.parse::<tokio_postgres::Config>()?,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .runtime(Runtime::Tokio1)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .build()?)
+}
 
 /// `pool.get()`, then the prepared `SELECT 1` on that connection: the whole
 /// database work of one `GET /q`. Records the checkout's wait.

@@ -40,17 +40,7 @@ async fn greeting(State(config): State<Arc<Config>>) -> impl IntoResponse {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse().baseline;
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()?
-    };
-    runtime.block_on(async move {
+    kiln_bench::baseline::runtime(args.threads)?.block_on(async move {
         let config = Arc::new(Config {
             greeting: Bytes::from(args.greeting),
         });

@@ -16,17 +16,16 @@
 //! checked out at once and pinged before the socket is bound.
 
 use std::net::SocketAddr;
-use std::str::FromStr as _;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Router, serve::ListenerExt as _};
 use clap::{Parser, ValueEnum};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use kiln::{App, BoxError, Generation};
-use kiln_bench::dbq::{select_one, waits_json};
+use kiln_bench::baseline::runtime;
+use kiln_bench::dbq::{deadpool, select_one, waits_json};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Kind {
@@ -137,19 +136,7 @@ fn answer(result: Result<i32, String>) -> Result<String, (StatusCode, String)> {
 /// A deadpool-postgres pool as a user builds one, opened and pinged in
 /// full on the calling runtime.
 async fn warm_pool(args: &Args) -> anyhow::Result<Pool> {
-    let manager = Manager::from_config(
-        tokio_postgres::Config::from_str(&args.url)?,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let pool = Pool::builder(manager)
-        .runtime(Runtime::Tokio1)
-        .max_size(args.max_size)
-        .wait_timeout(Some(Duration::from_secs(2)))
-        .create_timeout(Some(Duration::from_secs(2)))
-        .build()?;
+    let pool = deadpool(&args.url, args.max_size)?;
     let held = futures_util::future::try_join_all((0..args.max_size).map(|_| async {
         let client = pool.get().await?;
         client.simple_query("SELECT 1").await?;
@@ -165,17 +152,7 @@ async fn axum_q(State(pool): State<Pool>) -> Result<String, (StatusCode, String)
 }
 
 fn axum_main(args: &Args) -> anyhow::Result<()> {
-    let runtime = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()?
-    };
-    runtime.block_on(async move {
+    runtime(args.threads)?.block_on(async move {
         let pool = warm_pool(args).await?;
         let app = Router::new()
             .route("/q", get(axum_q))

@@ -8,15 +8,13 @@
 //! `lazy --listen 127.0.0.1:8082 --url postgres://postgres@127.0.0.1/test --max-size 32 --threads 2`
 
 use std::net::SocketAddr;
-use std::str::FromStr as _;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
 /// A lazily initialised notes app: the baseline for cold start.
@@ -78,20 +76,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let manager = Manager::from_config(
-            tokio_postgres::Config::from_str(&args.url)?,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
         // Built, not filled: connections open when requests first need them.
-        let pool = Pool::builder(manager)
-            .runtime(Runtime::Tokio1)
-            .max_size(args.max_size)
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .create_timeout(Some(Duration::from_secs(2)))
-            .build()?;
+        let pool = kiln_bench::dbq::deadpool(&args.url, args.max_size)?;
         let app = Router::new()
             .route("/", get(|| async { "Hello from kiln" }))
             .route("/notes", get(list_notes))

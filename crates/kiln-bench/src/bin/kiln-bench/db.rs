@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use kiln_bench::dbq::Waits;
 use kiln_bench::http::get_once;
 use kiln_bench::process::{Server, free_port};
@@ -18,7 +18,7 @@ use kiln_bench::stats::{Summary, show};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::instructions::callgrind_control;
+use crate::instructions::{callgrind_control, dumped_instructions};
 use crate::overhead::wrk_path;
 use crate::{Common, KilnConf, runtime};
 
@@ -204,14 +204,7 @@ pub(crate) fn db(
             let run = wrk_path(c, addr, "/q", instruction_seconds, connections)?;
             callgrind_control(&server, "-d")?;
             server.stop(Duration::from_secs(10));
-            let dump = std::fs::read_to_string(out.with_extension("out.1"))
-                .context("callgrind wrote no dump")?;
-            let instructions: u64 = dump
-                .lines()
-                .find_map(|l| l.strip_prefix("summary:"))
-                .context("no summary line in the callgrind dump")?
-                .trim()
-                .parse()?;
+            let instructions = dumped_instructions(&out)?;
             let count = Count {
                 variant: variant.to_owned(),
                 threads,

@@ -94,14 +94,7 @@ pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
         let run = wrk(c, addr, seconds, 8)?;
         callgrind_control(&server, "-d")?;
         server.stop(Duration::from_secs(10));
-        let dump = std::fs::read_to_string(out.with_extension("out.1"))
-            .context("callgrind wrote no dump")?;
-        let instructions: u64 = dump
-            .lines()
-            .find_map(|l| l.strip_prefix("summary:"))
-            .context("no summary line in the callgrind dump")?
-            .trim()
-            .parse()?;
+        let instructions = dumped_instructions(&out)?;
         let count = Count {
             variant,
             requests: run.requests,
@@ -139,6 +132,19 @@ pub(crate) fn instructions(c: &Common, seconds: u64) -> anyhow::Result<()> {
         )?;
     }
     c.save("instructions", &json!({"counts": counts}), &table)
+}
+
+/// The instruction count of the dump `callgrind_control -d` wrote for the
+/// run whose output file is `out`.
+pub(crate) fn dumped_instructions(out: &std::path::Path) -> anyhow::Result<u64> {
+    let dump =
+        std::fs::read_to_string(out.with_extension("out.1")).context("callgrind wrote no dump")?;
+    Ok(dump
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .context("no summary line in the callgrind dump")?
+        .trim()
+        .parse()?)
 }
 
 pub(crate) fn callgrind_control(server: &Server, flag: &str) -> anyhow::Result<()> {
