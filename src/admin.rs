@@ -19,9 +19,10 @@ Exit status:
   2  usage error (a bad option or admin URL)
   3  no answer: nothing listens at --admin, or no answer within --timeout";
 
-/// The options every admin command takes.
+/// Where a running server's admin API is, and its token: every command
+/// that talks to one takes these (`kiln fleet …` too).
 #[derive(Args, Debug)]
-pub(crate) struct AdminArgs {
+pub(crate) struct Endpoint {
     /// The admin API's address: `http://HOST:PORT` or `HOST:PORT` (IPv6 as
     /// `[::1]:9090`).
     #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
@@ -29,6 +30,37 @@ pub(crate) struct AdminArgs {
     /// The admin token, when the server has one (`admin.token`).
     #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+impl Endpoint {
+    /// One request to the admin API, its answer as JSON; blocks.
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        runtime.block_on(kiln::client::request_json(
+            method,
+            &self.admin,
+            path,
+            self.token.as_deref(),
+            body,
+            timeout,
+        ))
+    }
+}
+
+/// The options every admin command takes.
+#[derive(Args, Debug)]
+pub(crate) struct AdminArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// How long to wait for the answer (default 120s for reload, which
     /// answers once its warm-up is done, 180s for restart; 10s otherwise).
     /// Connecting may take at most 5s of it.
@@ -154,18 +186,12 @@ pub(crate) fn run(args: &AdminArgs, call: &Call) -> ExitCode {
 }
 
 fn exchange(args: &AdminArgs, call: &Call) -> Result<(StatusCode, Value), ClientError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime builds");
-    runtime.block_on(kiln::client::request_json(
+    args.endpoint.request(
         call.method(),
-        &args.admin,
         call.path(),
-        args.token.as_deref(),
         call.body().as_ref(),
         args.timeout.unwrap_or_else(|| call.default_timeout()),
-    ))
+    )
 }
 
 fn pretty(answer: &Value) -> String {
@@ -177,21 +203,21 @@ fn pretty(answer: &Value) -> String {
 fn refusal(args: &AdminArgs, call: &Call, status: StatusCode, answer: &Value) -> String {
     let what = format!("{} {}", call.method(), call.path());
     match status {
-        StatusCode::UNAUTHORIZED if args.token.is_some() => format!(
+        StatusCode::UNAUTHORIZED if args.endpoint.token.is_some() => format!(
             "the admin API at {} refused the token ({status}): pass the server's admin.token with --token or KILN__ADMIN__TOKEN",
-            args.admin
+            args.endpoint.admin
         ),
         StatusCode::UNAUTHORIZED => format!(
             "the admin API at {} needs a token ({status}): pass the server's admin.token with --token or KILN__ADMIN__TOKEN",
-            args.admin
+            args.endpoint.admin
         ),
         StatusCode::TOO_MANY_REQUESTS => format!(
             "the admin API at {} refuses for now ({status}): too many failed authentications; wait a few seconds, and check the token (--token or KILN__ADMIN__TOKEN)",
-            args.admin
+            args.endpoint.admin
         ),
         StatusCode::NOT_FOUND => format!(
             "{what}: no such route at {} ({status}): is it a kiln admin API of this version (and --admin its address, without a path)?",
-            args.admin
+            args.endpoint.admin
         ),
         _ => {
             let error = answer["error"]

@@ -11,6 +11,8 @@ use axum::http::Method;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use crate::admin::Endpoint;
+
 /// What `kiln fleet` does.
 #[derive(Subcommand)]
 pub(crate) enum FleetCommand {
@@ -50,12 +52,8 @@ pub(crate) enum FleetCommand {
 /// Where the instance's admin API is.
 #[derive(Args)]
 pub(crate) struct Admin {
-    /// The admin API's address.
-    #[arg(long, env = "KILN_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
-    admin: String,
-    /// The admin token, when the server has one.
-    #[arg(long, env = "KILN__ADMIN__TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// How long to wait for the answer.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -68,18 +66,7 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot build a runtime")?;
-        let (status, body) = runtime.block_on(kiln::client::request_json(
-            method,
-            &self.admin,
-            path,
-            self.token.as_deref(),
-            body,
-            self.timeout,
-        ))?;
+        let (status, body) = self.endpoint.request(method, path, body, self.timeout)?;
         Ok((status.as_u16(), body))
     }
 }

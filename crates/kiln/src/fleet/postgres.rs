@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use kiln_config::FleetConfig;
-use kiln_resources::ErrorChain;
+use kiln_resources::{ErrorChain, within};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 
@@ -93,7 +93,7 @@ impl PgStore {
         &self,
         call: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        let result = tokio::time::timeout(CALL_TIMEOUT, async {
+        let result = within(CALL_TIMEOUT, "the fleet store's answer", async {
             let mut slot = self.client.lock().await;
             if slot.as_ref().is_none_or(Client::is_closed) {
                 *slot = Some(self.open().await?);
@@ -107,10 +107,10 @@ impl PgStore {
         .await;
         let result = match result {
             Ok(result) => result,
-            Err(_) => {
+            Err(timed_out) => {
                 // Whatever it waited on is gone with it: start afresh.
                 *self.client.lock().await = None;
-                Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs()))
+                Err(timed_out.to_string())
             }
         };
         match result {
@@ -441,12 +441,13 @@ impl FleetStore for PgStore {
     ) -> BoxFuture<'a, Result<Stewarded, StoreError>> {
         Box::pin(async move {
             let mut slot = self.steward.lock().await;
-            let stepped = tokio::time::timeout(
+            let stepped = within(
                 CALL_TIMEOUT,
+                "the rollout's step",
                 self.step_rollout(&mut slot, identity, ack_timeout),
             )
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {}s", CALL_TIMEOUT.as_secs())));
+            .unwrap_or_else(|timed_out| Err(timed_out.to_string()));
             // Nothing left to drive, or the connection failed: close it, and
             // with it the lock.
             if !matches!(stepped, Ok(Stewarded::Elsewhere | Stewarded::Stepped(_))) {
@@ -614,16 +615,16 @@ impl Listener {
         ),
         String,
     > {
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls)).await;
+        let connected = within(
+            CONNECT_TIMEOUT,
+            "a connection to the fleet store",
+            self.config.connect(NoTls),
+        )
+        .await;
         let (client, mut connection) = match connected {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => return Err(ErrorChain(&e).to_string()),
-            Err(_) => {
-                return Err(format!(
-                    "no connection within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                ));
-            }
+            Err(timed_out) => return Err(timed_out.to_string()),
         };
         let (notes, notifications) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
@@ -639,15 +640,16 @@ impl Listener {
             }
             "the server closed the connection".to_owned()
         });
-        let listening = tokio::time::timeout(
+        let listening = within(
             CALL_TIMEOUT,
+            "LISTEN's answer",
             client.batch_execute(&format!("LISTEN {CHANNEL}")),
         )
         .await;
         match listening {
             Ok(Ok(())) => Ok((client, notifications, driver)),
             Ok(Err(e)) => Err(format!("LISTEN failed: {}", ErrorChain(&e))),
-            Err(_) => Err("LISTEN got no answer".to_owned()),
+            Err(timed_out) => Err(timed_out.to_string()),
         }
     }
 
