@@ -90,6 +90,10 @@ impl<A: App> Kiln<A> {
     /// instance does not serve it yet, then reports ACK or NACK. Does nothing while the store
     /// is unreachable (the last good generation keeps serving).
     async fn reconcile(&self, fleet: &Fleet, followed: &mut Followed) {
+        // A reload in flight ends first: this instance's own PATCH publishes
+        // its version before it swaps, and its hint must be compared with
+        // the generation that PATCH swaps in, not applied a second time.
+        drop(self.shared.reload_lock.lock().await);
         let desired = match fleet.target().await {
             Ok(desired) => desired,
             Err(e) => {
