@@ -143,7 +143,12 @@ impl Site {
 
     /// `kiln` run from this site's working directory.
     pub(crate) fn command(&self) -> Command {
-        let mut cmd = kiln_command();
+        self.command_via(&[])
+    }
+
+    /// [`Site::command`] through `wrapper` (see [`kiln_command_via`]).
+    pub(crate) fn command_via(&self, wrapper: &[&str]) -> Command {
+        let mut cmd = kiln_command_via(wrapper);
         cmd.current_dir(self.cwd());
         cmd
     }

@@ -16,14 +16,36 @@ use super::*;
 /// `KILN_*` settings (config overrides, admin URL), systemd variables or
 /// `RUST_LOG`, no colours.
 pub(crate) fn kiln_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    kiln_command_via(&[])
+}
+
+/// [`kiln_command`] started through `wrapper` (a program and its arguments,
+/// kiln's path following them), such as `systemd-socket-activate -l ADDR`.
+pub(crate) fn kiln_command_via(wrapper: &[&str]) -> Command {
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(kiln);
+            cmd
+        }
+        None => Command::new(kiln),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("KILN_") {
             cmd.env_remove(key);
         }
     }
     // Nor the notification socket of a service manager running the tests.
-    for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+    // Nor its socket activation.
+    for key in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    ] {
         cmd.env_remove(key);
     }
     cmd.env_remove("RUST_LOG")
@@ -218,7 +240,12 @@ impl Server {
 
     /// Starts serving `site` without waiting for anything.
     pub(crate) fn spawn(site: Site, env: &[(&str, &str)]) -> Server {
-        let mut cmd = site.command();
+        Server::spawn_via(site, &[], env)
+    }
+
+    /// [`Server::spawn`] through `wrapper` (see [`kiln_command_via`]).
+    pub(crate) fn spawn_via(site: Site, wrapper: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = site.command_via(wrapper);
         cmd.arg(site.config_path())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -31,6 +31,10 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The listening sockets systemd passed (socket activation) do not fit
+    /// the configuration.
+    #[error("systemd socket activation: {0}")]
+    Activation(String),
     /// The operating system refused something else (a thread, a runtime).
     #[error("{what}: {source}")]
     Io {

@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT or until a restart's new process takes over, reloading on
 //! SIGHUP and restarting on SIGUSR2, then drain within one deadline.
 
+mod activation;
 mod drain;
 mod handoff;
 mod listeners;
@@ -17,9 +18,10 @@ use kiln_config::Loaded;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use self::activation::Activated;
 use self::drain::drain;
 use self::handoff::{Message, Successor};
-use self::listeners::{Bound, bind_and_hand_out, serve_admin};
+use self::listeners::{Bound, Given, bind_and_hand_out, serve_admin};
 use self::restart::{Restarter, Sockets};
 use self::workers::{WorkerHandle, start_workers, wait_warm};
 use crate::handle::Continued;
@@ -70,6 +72,9 @@ pub(crate) async fn serve_with<A: App>(
     loaded: Loaded<A::Config>,
 ) -> Result<(), ServeError> {
     let started = Instant::now();
+    // First: it removes LISTEN_* from the environment, before other threads.
+    let activated =
+        Activated::from_env()?.sort(loaded.config.server.listen, loaded.config.admin.listen)?;
     let mut signals = Signals::register()?;
     let (exe, args) = restart::invocation().map_err(io("cannot tell this program's path"))?;
     let successor = Successor::from_env()
@@ -83,7 +88,15 @@ pub(crate) async fn serve_with<A: App>(
         restarted_from = successor.as_ref().map(|s| s.old_pid),
         "Starting kiln: warming before binding"
     );
-    let start = start(builder, loaded, &mut signals, started, successor.clone()).await;
+    let start = start(
+        builder,
+        loaded,
+        &mut signals,
+        started,
+        successor.clone(),
+        activated,
+    )
+    .await;
     let Started {
         kiln,
         stop,
@@ -156,13 +169,15 @@ struct Started<A: App> {
 
 /// Start-up short of readiness: warm every pool, resource and worker, then
 /// bind (or, for a restart's new process, take over the old one's
-/// listeners and bind only new addresses) and serve the admin API.
+/// listeners and bind only new addresses; else use those systemd
+/// `activated`) and serve the admin API.
 async fn start<A: App>(
     builder: Builder<A>,
     loaded: Loaded<A::Config>,
     signals: &mut Signals,
     started: Instant,
     successor: Option<Arc<Successor>>,
+    activated: Given,
 ) -> Result<Started<A>, StartError> {
     let server = loaded.config.server.clone();
     let admin_listen = loaded.config.admin.listen;
@@ -189,26 +204,29 @@ async fn start<A: App>(
             wait_warm(&mut workers, warm_deadline, server.warm_timeout),
         )
         .await??;
-    let inherited = match successor {
+    let given = match successor {
         Some(successor) => {
             let taken = tokio::task::spawn_blocking(move || successor.take_sockets()).await;
             let inherited = taken
                 .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
                 .map_err(io("taking over the old process's listeners"))?;
-            if inherited.is_none() {
-                tracing::warn!(
-                    "The old process ended before it handed over its listeners: binding them anew"
-                );
+            match inherited {
+                Some(inherited) => Given::inherited(inherited, server.listen, admin_listen),
+                None => {
+                    tracing::warn!(
+                        "The old process ended before it handed over its listeners: binding them anew"
+                    );
+                    Given::default()
+                }
             }
-            inherited
         }
-        None => None,
+        None => activated,
     };
     let Bound {
         main_addr,
         admin,
         sockets,
-    } = bind_and_hand_out(&server, admin_listen, &mut workers, inherited)?;
+    } = bind_and_hand_out(&server, admin_listen, &mut workers, given)?;
     let admin_addr = admin.local_addr().map_err(io("admin listener"))?;
     let admin = serve_admin(&kiln, admin, stopped, &server)?;
     Ok(Started {

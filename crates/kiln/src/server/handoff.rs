@@ -324,7 +324,7 @@ impl Successor {
 
 /// A received descriptor as a listener, once it proves to be a listening
 /// TCP socket.
-fn listener(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
+pub(super) fn listener(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
     if !rustix::net::sockopt::socket_acceptconn(&fd)? {
         return Err(io::Error::other(
             "a received descriptor is not a listening socket",

@@ -34,33 +34,46 @@ pub(super) struct Bound {
     pub(super) sockets: Sockets,
 }
 
+/// Listening sockets this process was given rather than binding them: by a
+/// restart's old process, or by systemd (socket activation).
+#[derive(Debug, Default)]
+pub(super) struct Given {
+    /// For `server.listen` (several with `reuse_port`); empty: bind it.
+    pub(super) main: Vec<std::net::TcpListener>,
+    /// For `admin.listen`; `None`: bind it.
+    pub(super) admin: Option<std::net::TcpListener>,
+}
+
+impl Given {
+    /// What a restart handed over, kept where the configured address
+    /// (`main`, `admin`) is unchanged; a moved one is bound anew, and the
+    /// old process closes the old address.
+    pub(super) fn inherited(inherited: Inherited, main: SocketAddr, admin: SocketAddr) -> Given {
+        Given {
+            main: if inherited.main_listen == main {
+                inherited.main
+            } else {
+                Vec::new()
+            },
+            admin: (inherited.admin_listen == admin).then_some(inherited.admin),
+        }
+    }
+}
+
 /// Binds the main and admin listeners (everything is warm by now), or takes
-/// over those a restart `inherited` whose configured address is unchanged,
-/// and hands each worker its share of the main ones. Without `reuse_port`
-/// every worker accepts on (a copy of) every main socket; with it, each
-/// gets a socket of its own on the same address (the port resolved, if it
-/// was 0). Sockets a restart inherited are never closed here while their
-/// address stays: their queued connections would be reset. An inherited
+/// those `given` (by a restart or by systemd), and hands each worker its
+/// share of the main ones. Without `reuse_port` every worker accepts on (a
+/// copy of) every main socket; with it, each gets a socket of its own on
+/// the same address (the port resolved, if it was 0). Given sockets are
+/// never closed here: their queued connections would be reset. A given
 /// socket beyond the worker count is shared by the workers instead.
 pub(super) fn bind_and_hand_out(
     server: &ServerConfig,
     admin_listen: SocketAddr,
     workers: &mut [WorkerHandle],
-    inherited: Option<Inherited>,
+    Given { main, admin }: Given,
 ) -> Result<Bound, StartError> {
     let bind_error = |key, addr| move |source| StartError::Bind { key, addr, source };
-    let (main, admin) = match inherited {
-        Some(inherited) => {
-            let main = if inherited.main_listen == server.listen {
-                inherited.main
-            } else {
-                Vec::new() // moved: the old process closes the old address
-            };
-            let admin = (inherited.admin_listen == admin_listen).then_some(inherited.admin);
-            (main, admin)
-        }
-        None => (Vec::new(), None),
-    };
     let mut main = match main.is_empty() {
         true => vec![
             bind(server.listen, server.reuse_port)
@@ -77,11 +90,11 @@ pub(super) fn bind_and_hand_out(
         while main.len() < workers.len() {
             match bind(main_addr, true) {
                 Ok(socket) => main.push(socket),
-                // An inherited socket without SO_REUSEPORT holds the port:
-                // the workers share what there is.
+                // A given socket without SO_REUSEPORT holds the port: the
+                // workers share what there is.
                 Err(e) if !main.is_empty() && e.kind() == std::io::ErrorKind::AddrInUse => {
                     tracing::warn!(
-                        "server.reuse_port: the listener taken over from the old process does not have SO_REUSEPORT; the workers share it until the address changes"
+                        "server.reuse_port: the listener taken over (from the old process, or from systemd) does not have SO_REUSEPORT; the workers share it until the address changes"
                     );
                     break;
                 }

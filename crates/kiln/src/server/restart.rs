@@ -359,6 +359,10 @@ fn take_over(
     let mut child = Command::new(exe)
         .args(args)
         .env(HANDOFF_ENV, &path)
+        // systemd's sockets, if any, are this process's to hand over.
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
