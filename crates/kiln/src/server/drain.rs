@@ -38,6 +38,11 @@ pub(super) async fn drain<A: App>(
     );
     kiln.shared.systemd.stopping();
     kiln.shared.readiness.set_draining();
+    if signal != HANDED_OVER {
+        // The operator wants the service stopped: a new process warming
+        // for a restart too.
+        restarter.cancel(signal, grace);
+    }
     if signal != HANDED_OVER && !server.drain_delay.is_zero() {
         tokio::time::sleep(server.drain_delay).await;
         tracing::info!("Drain delay over: closing the listeners");
@@ -59,6 +64,8 @@ pub(super) async fn drain<A: App>(
     }
     // accept_loop ends by the deadline.
     cut += admin.await.unwrap_or(0);
+    // A cancelled restart's new process has ended (or been killed).
+    restarter.settled(deadline + JOIN_MARGIN).await;
     kiln.close_pools(deadline).await;
     if let Some(e) = failed {
         return Err(e);

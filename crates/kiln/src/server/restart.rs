@@ -4,7 +4,12 @@
 //! kernel accept queue throughout: nothing queued is reset), and only once
 //! it serves stop accepting and drain. A new process that fails, crashes or
 //! hangs past `server.restart_timeout` is killed and this one keeps serving
-//! as if nothing happened. See [`handoff`](super::handoff) for the exchange.
+//! as if nothing happened. SIGTERM (or SIGINT) before the handoff's commit
+//! cancels the restart: the operator wants the service stopped, so the new
+//! process is stopped too (as SIGTERM stops any kiln: a warming one exits,
+//! a serving one drains) while this one drains; after the commit the new
+//! process is the service, and only this one, draining already, stops. See
+//! [`handoff`](super::handoff) for the exchange.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -28,6 +33,8 @@ use crate::{App, Kiln, Refusal};
 const TAIL_LINES: usize = 20;
 /// How often the old process looks at the new one while it waits for it.
 const POLL: Duration = Duration::from_millis(100);
+/// How often it looks while the new process stops.
+const STOP_POLL: Duration = Duration::from_millis(10);
 
 /// A restart that was applied: the new process serves on the listeners,
 /// and this one drains.
@@ -73,6 +80,20 @@ pub enum RestartError {
     /// This process is draining (it was told to stop, or it has handed over).
     #[error("the server is draining; restarts are refused")]
     Draining,
+    /// This process was told to stop while the restart was in flight: the
+    /// new process was stopped too, and this one drains.
+    #[error(
+        "{signal} arrived before the new process (pid {pid}) took over: it was stopped ({status}), and this process (pid {}) drains",
+        std::process::id()
+    )]
+    Cancelled {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// The new process.
+        pid: u32,
+        /// How it ended.
+        status: String,
+    },
     /// The new process could not take over.
     #[error("{cause}; this process (pid {}) keeps serving", std::process::id())]
     Failed {
@@ -85,11 +106,13 @@ pub enum RestartError {
 
 impl RestartError {
     /// 409 when a restart is in flight or kiln is embedded, 503 when the
-    /// server drains or the new process failed.
+    /// server drains (or began to meanwhile) or the new process failed.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InFlight | Self::NotServer => StatusCode::CONFLICT,
-            Self::Draining | Self::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining | Self::Cancelled { .. } | Self::Failed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -120,6 +143,17 @@ pub(crate) struct Restarter {
     /// Set once this process's accept loops are told to stop: from then on
     /// a new connection reaches the new process.
     stopped_accepting: watch::Sender<bool>,
+    /// Set when this process is told to stop; locked across the commit, so
+    /// a restart either commits or sees it.
+    cancelled: Arc<Mutex<Option<Cancel>>>,
+}
+
+/// Why a restart in flight gives up, and by when its new process must have
+/// ended (it is killed then).
+#[derive(Clone, Copy, Debug)]
+struct Cancel {
+    signal: &'static str,
+    by: Instant,
 }
 
 /// This process's listening sockets, as they are handed over.
@@ -165,7 +199,23 @@ impl Restarter {
             sockets: Mutex::new(Some(sockets)),
             handed_over: watch::Sender::new(None),
             stopped_accepting: watch::Sender::new(false),
+            cancelled: Arc::default(),
         }
+    }
+
+    /// This process was told to stop by `signal`: a restart in flight, not
+    /// committed yet, stops its new process (killing it if it has not ended
+    /// within `grace`) instead of handing over.
+    pub(crate) fn cancel(&self, signal: &'static str, grace: Duration) {
+        let by = Instant::now() + grace;
+        let mut cancelled = self.cancelled.lock().expect("cancel lock");
+        cancelled.get_or_insert(Cancel { signal, by });
+    }
+
+    /// Waits until no restart is in flight (a cancelled one has stopped its
+    /// new process), or until `deadline`.
+    pub(crate) async fn settled(&self, deadline: tokio::time::Instant) {
+        let _ = tokio::time::timeout_at(deadline, self.one_at_a_time.lock()).await;
     }
 
     /// Waits until a new process has taken over; its pid.
@@ -227,25 +277,16 @@ impl Restarter {
         tracing::info!(exe = %self.exe.display(), timeout = %humantime::format_duration(timeout), "Restarting: starting a new process; this one serves until it takes over");
         kiln.shared.systemd.reloading();
         let (exe, args) = (self.exe.clone(), self.args.clone());
+        let cancelled = self.cancelled.clone();
         let result = tokio::task::spawn_blocking(move || {
-            take_over(&exe, &args, &hello, &announce, sockets, timeout)
+            take_over(&exe, &args, &hello, &announce, sockets, timeout, &cancelled)
         })
         .await
         .unwrap_or_else(|e| Err(failed(format!("the restart panicked: {e}"))));
-        let result = result.and_then(|mut new| {
-            kiln.shared.systemd.handed_over(new.pid);
-            match new.channel.send(&Message::Commit, &[]) {
-                Ok(()) => Ok(new),
-                Err(e) => {
-                    let _ = new.child.kill();
-                    let _ = new.child.wait();
-                    Err(failed(format!(
-                        "the new process (pid {}) ended right after it served: {e}",
-                        new.pid
-                    )))
-                }
-            }
-        });
+        let result = match result {
+            Ok(new) => self.commit(kiln, new).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(new) => {
                 let outcome = RestartOutcome {
@@ -282,6 +323,67 @@ impl Restarter {
             }
         }
     }
+
+    /// Tells systemd and the new process, which serves, that it is the main
+    /// one now, unless this process was told to stop meanwhile: then it is
+    /// stopped instead.
+    async fn commit<A: App>(
+        &self,
+        kiln: &Kiln<A>,
+        mut new: NewProcess,
+    ) -> Result<NewProcess, RestartError> {
+        let Cancel { signal, by } = {
+            let cancelled = self.cancelled.lock().expect("cancel lock");
+            match *cancelled {
+                Some(cancel) => cancel,
+                None => {
+                    kiln.shared.systemd.handed_over(new.pid);
+                    return match new.channel.send(&Message::Commit, &[]) {
+                        Ok(()) => Ok(new),
+                        Err(e) => {
+                            let _ = new.child.kill();
+                            let _ = new.child.wait();
+                            Err(failed(format!(
+                                "the new process (pid {}) ended right after it served: {e}",
+                                new.pid
+                            )))
+                        }
+                    };
+                }
+            }
+        };
+        // Its end of the channel closes: it stops waiting for the commit.
+        drop(new.channel);
+        let (pid, mut child) = (new.pid, new.child);
+        let status = tokio::task::spawn_blocking(move || stop(&mut child, by))
+            .await
+            .map_or_else(|e| e.to_string(), |status| status);
+        Err(RestartError::Cancelled {
+            signal,
+            pid,
+            status,
+        })
+    }
+}
+
+/// Stops a new process as SIGTERM stops any kiln (a warming one exits at
+/// once, a serving one drains), killing it if it has not ended `by` then.
+/// How it ended.
+fn stop(child: &mut Child, by: Instant) -> String {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < by => std::thread::sleep(STOP_POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                break child.wait();
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    status.map_or_else(|e| e.to_string(), |status| status.to_string())
 }
 
 impl<A: App> Kiln<A> {
@@ -342,6 +444,7 @@ fn take_over(
     announce: &Message,
     sockets: Sockets,
     timeout: Duration,
+    cancelled: &Mutex<Option<Cancel>>,
 ) -> Result<NewProcess, RestartError> {
     let deadline = Instant::now() + timeout;
     let dir = PrivateDir::create().map_err(|e| {
@@ -372,6 +475,7 @@ fn take_over(
     let mut watch = Watch {
         child: &mut child,
         deadline,
+        cancelled,
     };
     match exchange(&mut watch, &listener, hello, announce, sockets) {
         Ok(serving) => Ok(NewProcess {
@@ -383,6 +487,14 @@ fn take_over(
             admin: serving.admin,
             warm_ms: serving.warm_ms,
         }),
+        Err(Problem::Cancelled(Cancel { signal, by })) => {
+            let status = stop(&mut child, by);
+            Err(RestartError::Cancelled {
+                signal,
+                pid,
+                status,
+            })
+        }
         Err(problem) => {
             let _ = child.kill();
             let status = child.wait();
@@ -410,6 +522,7 @@ fn take_over(
                 Problem::Channel(e) => {
                     format!("the handoff with the new process (pid {pid}) broke: {e}")
                 }
+                Problem::Cancelled(_) => unreachable!("matched above"),
             };
             Err(RestartError::Failed { cause, log })
         }
@@ -422,6 +535,7 @@ enum Problem {
     Failed(String),
     Timeout,
     Channel(String),
+    Cancelled(Cancel),
 }
 
 impl From<std::io::Error> for Problem {
@@ -487,15 +601,20 @@ fn exchange(
 struct Watch<'a> {
     child: &'a mut Child,
     deadline: Instant,
+    cancelled: &'a Mutex<Option<Cancel>>,
 }
 
 impl Watch<'_> {
-    /// Polls `ready` until it holds, the new process exits, or the deadline.
+    /// Polls `ready` until it holds, the new process exits, the deadline,
+    /// or this process is told to stop.
     fn until(
         &mut self,
         mut ready: impl FnMut(Duration) -> std::io::Result<bool>,
     ) -> Result<(), Problem> {
         loop {
+            if let Some(cancel) = *self.cancelled.lock().expect("cancel lock") {
+                return Err(Problem::Cancelled(cancel));
+            }
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Problem::Timeout);
