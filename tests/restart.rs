@@ -443,6 +443,7 @@ fn a_moved_listen_applies_and_fifty_restarts_grow_neither_fds_nor_memory() {
 
     // Through the admin API: `kiln restart` would cost a process each time.
     let mut baseline = None;
+    let mut rss = Vec::new();
     for k in 2..=MANY_RESTARTS {
         let reply = admin(admin_addr, "POST", "/admin/restart");
         assert_eq!(reply.status, 200, "restart {k}: {reply:?}");
@@ -450,11 +451,12 @@ fn a_moved_listen_applies_and_fifty_restarts_grow_neither_fds_nor_memory() {
         successors.0.push(new_pid as u32);
         util::wait_until(WAIT, &format!("pid {pid} to end"), || ended(pid));
         pid = new_pid;
+        rss.push(rss_kib(pid));
         // Admin connections close as the answers end: wait for the count
         // to settle at or below the first one measured.
         match baseline {
-            None => baseline = Some((settled_files(pid).len(), rss_kib(pid))),
-            Some((first, _)) => util::wait_until(
+            None => baseline = Some(settled_files(pid).len()),
+            Some(first) => util::wait_until(
                 WAIT,
                 &format!(
                     "pid {pid}'s open files ({}) to be at most {first}",
@@ -469,16 +471,17 @@ fn a_moved_listen_applies_and_fifty_restarts_grow_neither_fds_nor_memory() {
         Some(MANY_RESTARTS + 1)
     );
     // Each process is new, but what it inherits (the history, the
-    // configuration, the sockets) must not pile up: the last one is within
-    // a quarter of the first one measured (allocator noise is well below).
-    let (_, first_rss) = baseline.expect("measured");
-    let last_rss = rss_kib(pid);
+    // configuration, the sockets) must not pile up. A process's memory
+    // varies by a few MiB (whether a handoff buffer reused touched pages):
+    // compare the least of the first ten with the least of the last ten.
+    let least = |window: &[u64]| window.iter().copied().min().expect("measured");
+    let (first, last) = (least(&rss[..10]), least(&rss[rss.len() - 10..]));
     eprintln!(
-        "resident memory: {first_rss} KiB after restart 2, {last_rss} KiB after restart {MANY_RESTARTS}"
+        "resident memory (KiB), least of the first and of the last ten restarts: {first}, {last}"
     );
     assert!(
-        last_rss <= first_rss + first_rss / 4,
-        "resident memory grew from {first_rss} KiB to {last_rss} KiB over {MANY_RESTARTS} restarts"
+        last <= first + first / 8,
+        "resident memory grew from {first} KiB to {last} KiB over {MANY_RESTARTS} restarts: {rss:?}"
     );
 }
 
