@@ -1,7 +1,8 @@
 //! The files in `deploy/` agree with the configuration they run: the
-//! systemd unit's timeouts with `deploy.toml`, the Kubernetes manifest's
-//! ports, probes and grace period with `deploy/kubernetes/deploy.toml` (the
-//! ConfigMap), and every probe path answers on a running server.
+//! systemd unit's timeouts and the socket unit's addresses with
+//! `deploy.toml`, the Kubernetes manifest's ports, probes and grace period
+//! with `deploy/kubernetes/deploy.toml` (the ConfigMap), and every probe
+//! path answers on a running server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,6 +71,15 @@ impl Unit {
         Unit { path, entries }
     }
 
+    /// Every value of `key` in `section`, in order.
+    fn all(&self, section: &str, key: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, value)| value.as_str())
+            .collect()
+    }
+
     /// The last value of `key` in `[Service]` (a later one overrides).
     fn service(&self, key: &str) -> &str {
         self.entries
@@ -128,6 +138,16 @@ fn systemd_unit_agrees_with_deploy_toml() {
     assert!(
         stop >= drain + MARGIN,
         "TimeoutStopSec {stop:?} does not cover drain_delay + shutdown_grace ({drain:?}) + {MARGIN:?}"
+    );
+
+    // Socket activation: kiln matches the sockets to the keys by address.
+    let socket = Unit::read("deploy/systemd/kiln.socket");
+    let listen = [config.server.listen, config.admin.listen].map(|addr| addr.to_string());
+    assert_eq!(socket.all("Socket", "ListenStream"), listen);
+    assert_eq!(
+        socket.all("Socket", "Accept"),
+        [] as [&str; 0],
+        "kiln accepts itself"
     );
 
     let drop_in = Unit::read("deploy/systemd/kiln.service.d/notify-reload.conf");

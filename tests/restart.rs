@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::systemd_notify::{FakeSystemd, field};
-use crate::util::{self, Config, PgProxy, READY_TIMEOUT, Reply, Server, Site};
+use crate::util::{self, Config, PgProxy, PgSchema, READY_TIMEOUT, Reply, Server, Site};
 
 /// Restarts in a row under load: enough to show traffic moving every time,
 /// few enough for a 2-core CI.
@@ -75,6 +75,13 @@ fn wait_for_pid(addr: SocketAddr, pid: u64) -> Value {
         last["pid"].as_u64() == Some(pid)
     });
     last
+}
+
+/// The error of a restart that answered `503`.
+fn failed(reply: Reply) -> String {
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let error = reply.json()["error"].as_str().map(str::to_owned);
+    error.unwrap_or_else(|| panic!("no error: {reply:?}"))
 }
 
 /// `kiln restart --json --admin …`, its exit status and the JSON it printed.
@@ -197,6 +204,28 @@ fn settled_files(pid: u64) -> BTreeSet<String> {
         files.iter().any(|file| file.contains("inotify"))
     });
     files
+}
+
+/// Starts a restart of `server` whose new process hangs in its warm-up:
+/// `base` with pool `main` on PostgreSQL (`pg`) behind a proxy that accepts
+/// connections and never answers, for as long as it lives. Returns once the
+/// new process has begun; the thread answers with the restart's reply.
+fn hanging_restart(server: &Server, base: Config, pg: &PgSchema) -> (PgProxy, JoinHandle<Reply>) {
+    let proxy = PgProxy::start(Duration::ZERO);
+    proxy.cut();
+    let hanging = base
+        .set_str("server.warm_timeout", "120s")
+        .set_str("pools.main.kind", "postgres")
+        .set_str("pools.main.url", &pg.url_at(&proxy.addr().to_string()));
+    server.site.write_config(&hanging.render());
+    let from = server.stderr.len();
+    let admin_addr = server.admin_addr();
+    let restart = thread::spawn(move || admin(admin_addr, "POST", "/admin/restart"));
+    server
+        .stderr
+        .wait_for(from, "Starting kiln: warming", WAIT)
+        .expect("the new process starts");
+    (proxy, restart)
 }
 
 /// Clients requesting a URL until stopped.
@@ -543,27 +572,10 @@ fn a_failed_restart_leaves_the_old_process_serving() {
 
     // A new process that hangs (its database never answers) is killed at
     // server.restart_timeout; a second restart meanwhile is refused.
-    let proxy = PgProxy::start(Duration::ZERO);
-    proxy.cut();
-    let hanging = base()
-        .set_str("server.warm_timeout", "120s")
-        .set_str("pools.main.kind", "postgres")
-        .set_str("pools.main.url", &pg.url_at(&proxy.addr().to_string()));
-    server.site.write_config(&hanging.render());
-    let from = server.stderr.len();
-    let first = thread::spawn(move || admin(admin_addr, "POST", "/admin/restart"));
-    server
-        .stderr
-        .wait_for(from, "Restarting: starting a new process", WAIT)
-        .expect("the restart begins");
+    let (_proxy, first) = hanging_restart(&server, base(), &pg);
     let second = admin(admin_addr, "POST", "/admin/restart");
     assert_eq!(second.status, 409, "one restart at a time: {second:?}");
-    let first = first.join().unwrap();
-    assert_eq!(first.status, 503, "{first:?}");
-    let error = first.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = failed(first.join().unwrap());
     assert!(error.contains("server.restart_timeout"), "{error}");
     assert_still_serving("a hang");
     let mut files = BTreeSet::new();
@@ -760,24 +772,11 @@ fn socket_activation_refuses_a_socket_no_key_names() {
 fn sigterm_during_a_restart_stops_the_new_process_and_drains() {
     let pg = util::postgres();
     let mut server = Server::start(&Config::sqlite().render());
-    let admin_addr = server.admin_addr();
     let pid = u64::from(server.pid());
     let mut successors = Successors::default();
 
-    // A new process that hangs in its warm-up: its database never answers.
-    let proxy = PgProxy::start(Duration::ZERO);
-    proxy.cut();
-    let hanging = Config::sqlite()
-        .set_str("server.warm_timeout", "120s")
-        .set_str("pools.main.kind", "postgres")
-        .set_str("pools.main.url", &pg.url_at(&proxy.addr().to_string()));
-    server.site.write_config(&hanging.render());
-    let from = server.stderr.len();
-    let restart = thread::spawn(move || admin(admin_addr, "POST", "/admin/restart"));
-    server
-        .stderr
-        .wait_for(from, "Starting kiln: warming", WAIT)
-        .expect("the new process starts");
+    // A restart whose new process hangs in its warm-up.
+    let (_proxy, restart) = hanging_restart(&server, Config::sqlite(), &pg);
     let mut new = Vec::new();
     util::wait_until(WAIT, "the new process", || {
         new = children(pid);
@@ -786,12 +785,7 @@ fn sigterm_during_a_restart_stops_the_new_process_and_drains() {
     successors.0.extend(new.iter().map(|&p| p as u32));
 
     server.signal("TERM");
-    let reply = restart.join().unwrap();
-    assert_eq!(reply.status, 503, "{reply:?}");
-    let error = reply.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let error = failed(restart.join().unwrap());
     assert!(error.contains("SIGTERM"), "{error}");
     assert!(
         server.wait_exit().success(),

@@ -357,7 +357,7 @@ impl Restarter {
         let (pid, mut child) = (new.pid, new.child);
         let status = tokio::task::spawn_blocking(move || stop(&mut child, by))
             .await
-            .map_or_else(|e| e.to_string(), |status| status);
+            .unwrap_or_else(|e| e.to_string());
         Err(RestartError::Cancelled {
             signal,
             pid,
