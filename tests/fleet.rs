@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::metrics_endpoint::{metrics, promtool_check, sample};
 use crate::util::{self, Config, PgProxy, PgSchema, Reply, Server, Site, wait_until};
 
 /// How long convergence may take on a busy machine (debug build, several
@@ -158,6 +159,31 @@ fn three_instances_converge_after_a_patch_on_one() {
             .read_config()
             .contains("greeting = \"local\"")
     );
+
+    // Its metrics agree with /admin/fleet.
+    let row = view["instances"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["instance"] == instance(&pg, "c")))
+        .cloned()
+        .unwrap_or_else(|| panic!("instance c in {view}"));
+    let mut text = String::new();
+    wait_until(CONVERGE, "the metrics to show the ACK", || {
+        text = metrics(&servers[2]);
+        sample(&text, "kiln_fleet_last_ack_timestamp_seconds", &[]).is_some_and(|at| at > 0.0)
+    });
+    #[allow(clippy::cast_precision_loss)] // small version ids
+    let applied = row["applied"].as_u64().map(|v| v as f64);
+    assert_eq!(applied, Some(version as f64), "{row}");
+    assert_eq!(sample(&text, "kiln_fleet_applied_version", &[]), applied, "{text}");
+    assert_eq!(sample(&text, "kiln_fleet_desired_version", &[]), applied, "{text}");
+    assert_eq!(sample(&text, "kiln_fleet_store_connected", &[]), Some(1.0), "{text}");
+    let acked_at = sample(&text, "kiln_fleet_last_ack_timestamp_seconds", &[]).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - 600.0..=now + 1.0).contains(&acked_at), "{acked_at} vs {now}");
+    promtool_check(&text);
 }
 
 /// The fleet version `GET /admin/config` names as its ETag.

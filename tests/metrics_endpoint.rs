@@ -8,7 +8,7 @@ use crate::util::{Config, Server};
 
 /// The value of the one sample of `name` whose labels include every one of
 /// `labels` (`key="value"`), or `None`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = text.lines().filter(|line| {
         let Some(rest) = line.strip_prefix(name) else {
             return false;
@@ -24,7 +24,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     line.rsplit(' ').next()?.parse().ok()
 }
 
-fn metrics(server: &Server) -> String {
+pub(crate) fn metrics(server: &Server) -> String {
     let reply = server.admin_get("/admin/metrics");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
@@ -36,7 +36,7 @@ fn metrics(server: &Server) -> String {
 
 /// Runs `promtool check metrics` on `text`; panics when promtool is missing
 /// (CI installs it: Debian's `prometheus` package) or finds a problem.
-fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -223,6 +223,24 @@ fn metrics_count_requests_by_route_reloads_and_pools_and_pass_promtool() {
             &[r#"pool="main""#]
         ),
         Some(0.0)
+    );
+    // Each GET /notes/{id} checked a connection out of pool main.
+    let waits = "kiln_pool_wait_duration_seconds";
+    let checkouts = sample(&text, &format!("{waits}_count"), &[r#"pool="main""#]);
+    assert!(checkouts.is_some_and(|n| n >= 2.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{waits}_bucket"),
+            &[r#"pool="main""#, r#"le="+Inf""#]
+        ),
+        checkouts,
+        "{text}"
+    );
+    assert!(text.contains(&format!("# TYPE {waits} histogram")), "{text}");
+    assert!(
+        !text.contains("kiln_fleet_"),
+        "fleet metrics without [fleet]:\n{text}"
     );
     assert!(
         sample(&text, "process_resident_memory_bytes", &[]).is_some_and(|rss| rss > 0.0),
