@@ -22,7 +22,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use kiln::resources::deadpool_sqlite;
+use kiln::resources::{BoundedGet, SqlitePool};
 use kiln::{AppConfig, BoxError, KeyContext, Keyed, KeyedApp, Pool};
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +90,7 @@ impl KeyedApp for Tenants {
 struct Site {
     host: String,
     greeting: String,
-    pool: deadpool_sqlite::Pool,
+    pool: SqlitePool,
 }
 
 async fn greeting(State(site): State<Site>) -> String {
@@ -102,7 +102,7 @@ async fn visit(State(site): State<Site>) -> Result<String, (StatusCode, String)>
     let unavailable = |e: String| (StatusCode::SERVICE_UNAVAILABLE, e);
     let conn = site
         .pool
-        .get()
+        .get_bounded()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let visits: i64 = conn

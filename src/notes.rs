@@ -13,9 +13,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use kiln::resources::BoundedGet;
-use kiln::resources::deadpool_postgres::{self, tokio_postgres};
-use kiln::resources::deadpool_sqlite::{self, rusqlite};
+use kiln::resources::deadpool_postgres::tokio_postgres;
+use kiln::resources::deadpool_sqlite::rusqlite;
+use kiln::resources::{BoundedGet, PostgresPool, SqlitePool};
 use kiln::{App, AppConfig, BoxError, ErrorChain, Generation, Pool};
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
@@ -402,7 +402,7 @@ fn note_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Note> {
 /// Runs `sql` (cached as a prepared statement per connection) on a pooled
 /// PostgreSQL connection; every notes query returns `(id, text)` rows.
 async fn postgres(
-    pool: &deadpool_postgres::Pool,
+    pool: &PostgresPool,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Note>, DbError> {
@@ -429,7 +429,7 @@ async fn postgres(
 
 /// Runs `query` on a pooled SQLite connection (on the blocking pool).
 async fn sqlite<T: Send + 'static>(
-    pool: &deadpool_sqlite::Pool,
+    pool: &SqlitePool,
     query: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, DbError> {
     let conn = pool

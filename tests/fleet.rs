@@ -174,15 +174,30 @@ fn three_instances_converge_after_a_patch_on_one() {
     #[allow(clippy::cast_precision_loss)] // small version ids
     let applied = row["applied"].as_u64().map(|v| v as f64);
     assert_eq!(applied, Some(version as f64), "{row}");
-    assert_eq!(sample(&text, "kiln_fleet_applied_version", &[]), applied, "{text}");
-    assert_eq!(sample(&text, "kiln_fleet_desired_version", &[]), applied, "{text}");
-    assert_eq!(sample(&text, "kiln_fleet_store_connected", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "kiln_fleet_applied_version", &[]),
+        applied,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "kiln_fleet_desired_version", &[]),
+        applied,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "kiln_fleet_store_connected", &[]),
+        Some(1.0),
+        "{text}"
+    );
     let acked_at = sample(&text, "kiln_fleet_last_ack_timestamp_seconds", &[]).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!((now - 600.0..=now + 1.0).contains(&acked_at), "{acked_at} vs {now}");
+    assert!(
+        (now - 600.0..=now + 1.0).contains(&acked_at),
+        "{acked_at} vs {now}"
+    );
     promtool_check(&text);
 }
 

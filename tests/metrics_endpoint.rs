@@ -237,7 +237,10 @@ fn metrics_count_requests_by_route_reloads_and_pools_and_pass_promtool() {
         checkouts,
         "{text}"
     );
-    assert!(text.contains(&format!("# TYPE {waits} histogram")), "{text}");
+    assert!(
+        text.contains(&format!("# TYPE {waits} histogram")),
+        "{text}"
+    );
     assert!(
         !text.contains("kiln_fleet_"),
         "fleet metrics without [fleet]:\n{text}"

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 mod checkout;
+mod durations;
 mod health;
 mod pool;
 mod postgres;
@@ -16,8 +17,10 @@ mod sqlite;
 mod timeout;
 
 pub use checkout::BoundedGet;
+pub use durations::{DurationCounts, Durations};
 pub use health::Health;
 pub use pool::{BoxError, ErrorChain, Pool, PoolStatus, Pools, ResourceError};
 pub use postgres::{Homes, PostgresPool, check_out_from};
+pub use sqlite::SqlitePool;
 pub use timeout::{TimedOut, within};
 pub use {deadpool_postgres, deadpool_sqlite};

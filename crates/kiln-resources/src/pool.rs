@@ -7,17 +7,42 @@ use futures_util::future::try_join_all;
 use kiln_config::{PoolConfig, PoolKind};
 use serde::Serialize;
 
+use crate::Durations;
 use crate::health::{self, Health, Monitor};
 use crate::postgres::{self, Homes, PostgresPool, share};
-use crate::sqlite;
+use crate::sqlite::{self, SqlitePool};
+
+/// `kiln_pool_wait_duration_seconds`: 10 µs (a connection was idle) to
+/// 30 s, in nanoseconds.
+pub(crate) const WAIT_BUCKETS: &[u64] = &[
+    10_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
 
 /// A connection pool of one of the supported kinds. Cloning is cheap and
 /// shares the pool.
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Pool {
-    /// A SQLite pool; queries run on the blocking thread pool via `interact`.
-    Sqlite(deadpool_sqlite::Pool),
+    /// A SQLite pool; queries run on the blocking thread pool via
+    /// `interact`. It dereferences to a `deadpool_sqlite::Pool`.
+    Sqlite(SqlitePool),
     /// A PostgreSQL pool, in shares driven on their own runtimes; it
     /// dereferences to the calling thread's share (a
     /// `deadpool_postgres::Pool`).
@@ -275,6 +300,20 @@ impl Pool {
         }
     }
 
+    /// How long checkouts through
+    /// [`get_bounded`](crate::BoundedGet::get_bounded) on this pool ([`SqlitePool`] or [`PostgresPool`], not a share) took,
+    /// failed ones included, since it was built.
+    pub fn waits(&self) -> &Durations {
+        self.waits_shared()
+    }
+
+    fn waits_shared(&self) -> &Arc<Durations> {
+        match self {
+            Self::Sqlite(pool) => &pool.waits,
+            Self::Postgres(pool) => &pool.waits,
+        }
+    }
+
     /// Whether [`close`](Self::close) was called on the pool or a clone.
     pub fn is_closed(&self) -> bool {
         match self {
@@ -294,14 +333,18 @@ impl Pool {
     }
 
     pub(crate) fn downgrade(&self) -> WeakPool {
-        match self {
-            Self::Sqlite(pool) => WeakPool::Sqlite(pool.weak()),
-            Self::Postgres(pool) => WeakPool::Postgres(
+        let kind = match self {
+            Self::Sqlite(pool) => WeakKind::Sqlite(pool.weak()),
+            Self::Postgres(pool) => WeakKind::Postgres(
                 pool.shares()
                     .iter()
                     .map(deadpool_postgres::Pool::weak)
                     .collect(),
             ),
+        };
+        WeakPool {
+            kind,
+            waits: self.waits_shared().clone(),
         }
     }
 
@@ -346,21 +389,30 @@ async fn shrink(gap: Duration, size: usize, resize: impl Fn(usize)) {
     }
 }
 
-/// A [`Pool`] that does not keep it open.
-pub(crate) enum WeakPool {
+/// A [`Pool`] that does not keep it open (its wait histogram, which holds
+/// no connection, it keeps).
+pub(crate) struct WeakPool {
+    kind: WeakKind,
+    waits: Arc<Durations>,
+}
+
+enum WeakKind {
     Sqlite(deadpool_sqlite::WeakPool),
     Postgres(Vec<deadpool_postgres::WeakPool>),
 }
 
 impl WeakPool {
     pub(crate) fn upgrade(&self) -> Option<Pool> {
-        match self {
-            Self::Sqlite(weak) => weak.upgrade().map(Pool::Sqlite),
-            Self::Postgres(weak) => weak
+        let waits = self.waits.clone();
+        match &self.kind {
+            WeakKind::Sqlite(weak) => weak
+                .upgrade()
+                .map(|pool| Pool::Sqlite(SqlitePool::new(pool, waits))),
+            WeakKind::Postgres(weak) => weak
                 .iter()
                 .map(deadpool_postgres::WeakPool::upgrade)
                 .collect::<Option<Vec<_>>>()
-                .map(|shares| Pool::Postgres(PostgresPool::from_shares(shares))),
+                .map(|shares| Pool::Postgres(PostgresPool::from_shares(shares, waits))),
         }
     }
 }

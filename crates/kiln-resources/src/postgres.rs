@@ -1,4 +1,5 @@
 use std::cell::Cell;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,11 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client as PgClient, Config as PgConfig, Error, NoTls};
 
-use crate::ResourceError;
+use crate::checkout::TimedGet;
 use crate::health::Monitor;
+use crate::pool::WAIT_BUCKETS;
 use crate::pool::chain;
+use crate::{BoundedGet, Durations, ResourceError};
 
 /// TCP keepalive defaults, so that a connection to a database that vanished
 /// without a word (a failover, a black-holed network) is noticed in about
@@ -95,9 +98,13 @@ pub fn check_out_from(index: usize) {
 /// reads its figures ([`status_all`](Self::status_all) sums them), and
 /// `close()` or `resize()` change it alone (kiln's
 /// [`Pool::close`](crate::Pool::close) closes every share).
+///
+/// Its own [`get_bounded`](BoundedGet::get_bounded) (not the share's)
+/// counts each checkout's time in the pool's [`waits`](Self::waits).
 #[derive(Clone)]
 pub struct PostgresPool {
     shares: Arc<[Pool]>,
+    pub(crate) waits: Arc<Durations>,
 }
 
 impl std::ops::Deref for PostgresPool {
@@ -153,10 +160,29 @@ impl PostgresPool {
         all
     }
 
-    pub(crate) fn from_shares(shares: Vec<Pool>) -> Self {
+    /// How long checkouts through [`get_bounded`](BoundedGet::get_bounded)
+    /// took, every share together.
+    pub fn waits(&self) -> &Durations {
+        &self.waits
+    }
+
+    pub(crate) fn from_shares(shares: Vec<Pool>, waits: Arc<Durations>) -> Self {
         Self {
             shares: shares.into(),
+            waits,
         }
+    }
+}
+
+impl BoundedGet for PostgresPool {
+    type Object = deadpool_postgres::Object;
+    type Error = deadpool_postgres::PoolError;
+
+    /// A checkout from the calling thread's share (or an idle one
+    /// borrowed), its time counted in [`waits`](Self::waits).
+    fn get_bounded(&self) -> impl Future<Output = Result<Self::Object, Self::Error>> + Send {
+        let share: &Pool = self;
+        share.timed_get(Some(&self.waits))
     }
 }
 
@@ -206,7 +232,10 @@ pub(crate) fn build(
                 .map_err(|e| ResourceError::caused(name, "cannot build the pool", e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(PostgresPool::from_shares(shares))
+    Ok(PostgresPool::from_shares(
+        shares,
+        Arc::new(Durations::new(WAIT_BUCKETS)),
+    ))
 }
 
 /// The connection settings from the pool's URL, plus kiln's defaults for
@@ -462,17 +491,23 @@ mod homes {
         let (zero, one) = (Home::start(), Home::start());
         let pool = pool_on(&[&zero, &one]).await;
         check_out_from(0);
-        let own = pool.get().await.unwrap();
+        let own = pool.get_bounded().await.unwrap();
         assert_eq!(
             pool.shares()[0].status().available,
             0,
             "home 0's share first"
         );
-        let borrowed = pool.get().await.expect("home 1's idle connection");
+        let borrowed = pool.get_bounded().await.expect("home 1's idle connection");
         assert_eq!(pool.shares()[1].status().available, 0);
         borrowed.simple_query("SELECT 1").await.unwrap();
         // None idle anywhere: it waits on its own share, for wait_timeout.
-        assert!(pool.get().await.is_err());
+        assert!(pool.get_bounded().await.is_err());
+        // Every checkout counted: two at once, one that waited 300 ms.
+        let waits = pool.waits().read();
+        assert_eq!(waits.count, 3, "{waits:?}");
+        let below = |bound| waits.buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(below(250_000_000), 2, "{waits:?}");
+        assert!(waits.sum_nanos >= 300_000_000, "{waits:?}");
         drop((own, borrowed));
         zero.end();
         one.end();

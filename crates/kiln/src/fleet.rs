@@ -109,6 +109,21 @@ struct Known {
     /// Whether the desired version read last is in a canary rollout: then
     /// this instance tries to drive it.
     rolling_out: bool,
+    /// When this instance last wrote an ACK.
+    acked_at: Option<SystemTime>,
+}
+
+/// The fleet's figures for `/admin/metrics`, read at scrape time.
+#[derive(Debug)]
+pub(crate) struct FleetFigures {
+    /// The version serving (0: none).
+    pub(crate) applied: u64,
+    /// The desired version last read (0: none).
+    pub(crate) desired: u64,
+    /// Whether the store answers.
+    pub(crate) connected: bool,
+    /// When this instance last wrote an ACK.
+    pub(crate) acked_at: Option<SystemTime>,
 }
 
 /// The last applied document, as cached beside the configuration file.
@@ -430,6 +445,7 @@ impl Fleet {
         document: &str,
     ) -> Result<(), StoreError> {
         self.report(report).await?;
+        self.known.lock().expect("known lock").acked_at = Some(SystemTime::now());
         if let Some(version) = report.applied {
             self.write_cache(version, document).await;
         }
@@ -566,6 +582,19 @@ impl Fleet {
             generation: row.generation,
             heartbeat_at: row.heartbeat_at.clone(),
             started_at: row.started_at.clone(),
+        }
+    }
+
+    /// The figures `/admin/metrics` shows, with `serving` the current
+    /// generation's text.
+    pub(crate) fn figures(&self, serving: &str) -> FleetFigures {
+        let applied = self.version_of(serving);
+        let known = self.known.lock().expect("known lock");
+        FleetFigures {
+            applied,
+            desired: known.desired.as_ref().map_or(0, |d| d.version),
+            connected: self.store.health().state == "connected",
+            acked_at: known.acked_at,
         }
     }
 

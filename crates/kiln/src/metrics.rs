@@ -15,21 +15,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use kiln_resources::{Health, PoolStatus};
+use kiln_resources::{Durations, Health};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::fleet::FleetFigures;
 use crate::reload::Trigger;
 use crate::{App, Kiln};
 
 /// `kiln_http_request_duration_seconds`: 0.5 ms to 10 s, in nanoseconds.
-const REQUEST_BUCKETS: [u64; 14] = [
+const REQUEST_BUCKETS: &[u64] = &[
     500_000,
     1_000_000,
     2_500_000,
@@ -63,6 +64,8 @@ const RELOAD_DURATION: &str = "kiln_config_reload_duration_seconds";
 const LAST_RELOAD_OK: &str = "kiln_config_last_reload_successful";
 const LAST_RELOAD_AT: &str = "kiln_config_last_reload_success_timestamp_seconds";
 const WARMUP_DURATION: &str = "kiln_warmup_duration_seconds";
+const POOL_WAIT: &str = "kiln_pool_wait_duration_seconds";
+const POOL_WAIT_HELP: &str = "Time a checkout through get_bounded took to get a connection (waiting for a free one, then recycling or opening it), failed ones included, by pool; since the pool was built.";
 
 /// Why kiln answered a request itself instead of its handler, or closed its
 /// connection (`kiln_http_responses_cut_total{reason}`).
@@ -223,48 +226,31 @@ impl Metrics {
     /// class), registered (or found) once.
     pub(crate) fn durations(&self, labels: [String; 3]) -> Arc<Durations> {
         let mut durations = self.durations.lock().expect("durations lock");
-        durations.entry(labels).or_default().clone()
+        durations
+            .entry(labels)
+            .or_insert_with(|| Arc::new(Durations::new(REQUEST_BUCKETS)))
+            .clone()
     }
 
     /// The request-duration histograms in the Prometheus text format.
     fn render_durations(&self, text: &mut String) {
         let durations = self.durations.lock().expect("durations lock");
-        if durations.is_empty() {
-            return;
-        }
-        let _ = writeln!(text, "# HELP {REQUEST_DURATION} {REQUEST_DURATION_HELP}");
-        let _ = writeln!(text, "# TYPE {REQUEST_DURATION} histogram");
-        for ([method, route, status], histogram) in durations.iter() {
-            let labels = format!(
-                "method=\"{}\",route=\"{}\",status=\"{}\"",
-                escape(method),
-                escape(route),
-                escape(status)
-            );
-            // Read once: the count is the buckets' total, so it always agrees.
-            let counts: Vec<u64> = histogram
-                .buckets
+        render_histograms(
+            text,
+            REQUEST_DURATION,
+            REQUEST_DURATION_HELP,
+            durations
                 .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect();
-            let mut below = 0;
-            for (bound, count) in REQUEST_BUCKETS.iter().zip(&counts) {
-                below += count;
-                let le = *bound as f64 / 1e9;
-                let _ = writeln!(
-                    text,
-                    "{REQUEST_DURATION}_bucket{{{labels},le=\"{le}\"}} {below}"
-                );
-            }
-            let total: u64 = counts.iter().sum();
-            let sum = histogram.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                text,
-                "{REQUEST_DURATION}_bucket{{{labels},le=\"+Inf\"}} {total}"
-            );
-            let _ = writeln!(text, "{REQUEST_DURATION}_sum{{{labels}}} {sum}");
-            let _ = writeln!(text, "{REQUEST_DURATION}_count{{{labels}}} {total}");
-        }
+                .map(|([method, route, status], histogram)| {
+                    let labels = format!(
+                        "method=\"{}\",route=\"{}\",status=\"{}\"",
+                        escape(method),
+                        escape(route),
+                        escape(status)
+                    );
+                    (labels, &**histogram)
+                }),
+        );
     }
 
     pub(crate) fn cut(&self, cut: Cut) {
@@ -297,11 +283,25 @@ impl Metrics {
     }
 
     /// The exposition: the registry, the process figures, then what is read
-    /// now (the generation, the pools).
-    fn render(&self, generation: u64, pools: &BTreeMap<String, PoolStatus>) -> String {
+    /// now (the generation, the pools, the fleet).
+    fn render(
+        &self,
+        generation: u64,
+        pools: &kiln_resources::Pools,
+        fleet: Option<FleetFigures>,
+    ) -> String {
         ::metrics::with_local_recorder(&self.recorder, || self.process.collect());
         let mut text = self.handle.render();
         self.render_durations(&mut text);
+        render_histograms(
+            &mut text,
+            POOL_WAIT,
+            POOL_WAIT_HELP,
+            pools
+                .iter()
+                .map(|(name, pool)| (format!("pool=\"{}\"", escape(name)), pool.waits())),
+        );
+        let pools = pools.status();
         // The figures of this instant, in a registry of their own so that a
         // pool removed by a reload leaves no stale series behind.
         let now = PrometheusBuilder::new().build_recorder();
@@ -333,7 +333,7 @@ impl Metrics {
             None,
             "Connection attempts that failed, since the pool was built.".into(),
         );
-        for (name, status) in pools {
+        for (name, status) in &pools {
             let labels = || vec![Label::new("pool", name.clone())];
             let set = |metric: &'static str, value: usize| {
                 now.register_gauge(&Key::from_parts(metric, labels()), &METADATA)
@@ -350,8 +350,42 @@ impl Metrics {
             )
             .absolute(status.connection_errors);
         }
+        if let Some(fleet) = fleet {
+            render_fleet(&now, &fleet);
+        }
         text.push_str(&now.handle().render());
         text
+    }
+}
+
+/// The fleet's figures, only with `[fleet]`.
+fn render_fleet(now: &PrometheusRecorder, fleet: &FleetFigures) {
+    let gauges = [
+        (
+            "kiln_fleet_applied_version",
+            "The fleet version this instance serves (0: none, its own file alone).",
+            fleet.applied as f64,
+        ),
+        (
+            "kiln_fleet_desired_version",
+            "The fleet's desired version as this instance last read it (0: none published).",
+            fleet.desired as f64,
+        ),
+        (
+            "kiln_fleet_store_connected",
+            "1 while the fleet store answers, 0 while it is unreachable.",
+            f64::from(u8::from(fleet.connected)),
+        ),
+        (
+            "kiln_fleet_last_ack_timestamp_seconds",
+            "When this instance last wrote an ACK (a version applied) to the fleet store, in seconds since the epoch; 0 before the first.",
+            fleet.acked_at.map_or(0.0, unix_seconds),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        now.describe_gauge(name.into(), None, help.into());
+        now.register_gauge(&Key::from_static_name(name), &METADATA)
+            .set(value);
     }
 }
 
@@ -361,30 +395,37 @@ impl<A: App> Kiln<A> {
     /// reloads, warm-ups, pools and the process (the README lists them).
     pub fn render_metrics(&self) -> String {
         let current = self.current();
-        let pools = current.pools().status();
-        self.shared.metrics.render(current.id(), &pools)
+        let fleet = (self.shared.fleet.as_ref()).map(|fleet| fleet.figures(current.text()));
+        self.shared
+            .metrics
+            .render(current.id(), current.pools(), fleet)
     }
 }
 
-/// One request-duration histogram: a count per bucket of
-/// [`REQUEST_BUCKETS`] (and one past the last) and the sum, each an atomic
-/// add per request.
-#[derive(Default)]
-pub(crate) struct Durations {
-    buckets: [AtomicU64; REQUEST_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl Durations {
-    pub(crate) fn record(&self, took: Duration) {
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        // Most requests fall in the first buckets: a scan from the bottom.
-        let bucket = REQUEST_BUCKETS
-            .iter()
-            .position(|&bound| nanos <= bound)
-            .unwrap_or(REQUEST_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+/// Histograms of one name, each with its labels (rendered, without the
+/// braces), in the Prometheus text format; nothing when there are none.
+fn render_histograms<'a>(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    histograms: impl Iterator<Item = (String, &'a Durations)>,
+) {
+    let mut histograms = histograms.peekable();
+    if histograms.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name} histogram");
+    for (labels, histogram) in histograms {
+        let counts = histogram.read();
+        for (bound, below) in &counts.buckets {
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{le}\"}} {below}");
+        }
+        let (total, sum) = (counts.count, counts.sum_nanos as f64 / 1e9);
+        let _ = writeln!(text, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        let _ = writeln!(text, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(text, "{name}_count{{{labels}}} {total}");
     }
 }
 

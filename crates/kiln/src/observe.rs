@@ -157,7 +157,7 @@ pub(crate) struct Route {
 
 struct Series {
     requests: Counter,
-    duration: Arc<metrics::Durations>,
+    duration: Arc<kiln_resources::Durations>,
 }
 
 impl Route {
