@@ -4,12 +4,13 @@
 //!
 //! What the request path records goes through handles registered once per
 //! route and status class ([`crate::observe`]): atomic adds, no key
-//! hashing. The request-duration histogram and the in-flight gauge are
-//! kiln's own atomics, rendered at scrape time: the exporter's histogram
-//! sample costs ~150 instructions (a lock-free sample list, a clock read,
-//! an epoch pin), a bucket add ~20. Figures that exist anyway (the
-//! generation, the pools) are read at scrape time instead of being kept up
-//! to date. Histograms have explicit buckets (the exporter would otherwise
+//! hashing. The request-duration and pool-wait histograms
+//! ([`kiln_resources::Durations`]) and the in-flight gauge are atomics of
+//! kiln's own, rendered at scrape time: the exporter's histogram sample
+//! costs ~150 instructions (a lock-free sample list, a clock read, an epoch
+//! pin), a bucket add ~20. Figures that exist anyway (the generation, the
+//! pools, the fleet) are read at scrape time instead of being kept up to
+//! date. Histograms have explicit buckets (the exporter would otherwise
 //! render summaries), and an upkeep task folds their samples every few
 //! seconds, so memory stays flat when nobody scrapes.
 
