@@ -318,18 +318,27 @@ fn every_mutation_is_audited_with_its_peer() {
             assert!(peer.starts_with("127.0.0.1:"), "{entry}");
         }
     }
-    let log = server.stderr.text();
+    // Answered and in the history does not mean read from the pipe yet.
+    let wait = Duration::from_secs(30);
     for needle in [
         "trigger=patch peer=127.0.0.1:",
         "trigger=rollback peer=127.0.0.1:",
         "trigger=http-reload peer=127.0.0.1:",
     ] {
-        assert!(log.contains(needle), "no audit line with {needle}: {log}");
+        if server.stderr.wait_for(0, needle, wait).is_none() {
+            panic!("no audit line with {needle}: {}", server.stderr.text());
+        }
     }
-    assert!(
-        log.lines()
-            .any(|line| line.contains("trigger=patch") && line.contains("app.greeting")),
-        "the patch's log line names the keys it changed: {log}"
+    util::wait_until(
+        wait,
+        "the patch's log line naming the keys it changed",
+        || {
+            server
+                .stderr
+                .snapshot()
+                .iter()
+                .any(|line| line.contains("trigger=patch") && line.contains("app.greeting"))
+        },
     );
 }
 

@@ -83,7 +83,7 @@ fn an_open_websocket_is_cut_at_the_drain_deadline() {
     });
     assert_eq!(server.wait_exit().code(), Some(1), "something was cut");
     assert!(
-        server.stderr.text().contains("requests=1"),
+        server.stderr.wait_closed().contains("requests=1"),
         "the drain reports the one open upgraded connection as cut"
     );
 }
@@ -181,7 +181,7 @@ fn the_drain_counts_only_requests_in_flight_as_cut() {
         .expect("the slow request is in its handler");
     server.signal("TERM");
     assert_eq!(server.wait_exit().code(), Some(1), "something was cut");
-    let log = server.stderr.text();
+    let log = server.stderr.wait_closed();
     assert!(log.contains("requests=1"), "one request was cut:\n{log}");
     drop(idle);
 }

@@ -387,10 +387,13 @@ impl Server {
         assert!(status.success(), "kill -{name} {} failed", self.pid());
     }
 
+    /// Waits up to `timeout` for the process to exit. Its last lines may
+    /// still be in the pipe then: read them with `stderr.wait_closed()`.
     pub(crate) fn try_wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_child(&mut self.child, timeout)
     }
 
+    /// Like [`Server::try_wait_exit`], failing the test after `EXIT_TIMEOUT`.
     pub(crate) fn wait_exit(&mut self) -> ExitStatus {
         self.try_wait_exit(EXIT_TIMEOUT)
             .unwrap_or_else(|| panic!("kiln did not exit within {EXIT_TIMEOUT:?}"))
