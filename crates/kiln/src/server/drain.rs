@@ -30,14 +30,15 @@ pub(super) async fn drain<A: App>(
     // The current generation's values: a reload may have changed them.
     let server = kiln.current().config().server.clone();
     let grace = server.shutdown_grace;
+    kiln.shared.systemd.stopping();
+    kiln.shared.readiness.set_draining();
+    // After the fact: whoever reads this line finds /readyz answering 503.
     tracing::info!(
         signal,
         grace = %humantime::format_duration(grace),
         drain_delay = %humantime::format_duration(server.drain_delay),
         "Draining: readiness off, then no new connections, finishing in-flight requests"
     );
-    kiln.shared.systemd.stopping();
-    kiln.shared.readiness.set_draining();
     if signal != HANDED_OVER {
         // The operator wants the service stopped: a new process warming
         // for a restart too.
