@@ -9,14 +9,17 @@
 //! too; the link is resolved again after every change, so a repointed link
 //! is followed.
 //!
-//! Only content events count (create, modify, remove, rename): reading the
-//! file is reported as an access, and counting those would make kiln wake
-//! itself with its own reads for ever. Events are debounced
-//! (`reload.debounce`); a quiet period that saw an event on the file yields
-//! one hint.
+//! Only content events (create, modify, remove, rename) on the file, a link
+//! it goes through or a folder on its way (`..data`) count, and they are
+//! sorted out on the watcher's own thread: reading the file is reported as
+//! an access, and counting those would make kiln wake itself with its own
+//! reads for ever; a log written beside the file (`2>>/etc/kiln/kiln.log`)
+//! would wake the watch loop on every line and, written more often than the
+//! quiet period, hold back every save. Events are debounced
+//! (`reload.debounce`); a quiet period yields one hint.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -99,7 +102,6 @@ impl<C: AppConfig> Source<C> for FileSource {
         let hints = Hints {
             watch,
             signals,
-            seen: Seen::Unknown,
             // Saves made before the watch was armed (during start-up, say)
             // are caught by one look at the file once it is.
             look_at: Some(Instant::now()),
@@ -117,10 +119,9 @@ impl<C: AppConfig> Source<C> for FileSource {
 /// The debounce between the notify thread's signals and the hints.
 struct Hints {
     watch: FileWatch,
-    signals: mpsc::UnboundedReceiver<Signal>,
-    /// What the events since the last look touched.
-    seen: Seen,
-    /// When the quiet period ends; every new event restarts it.
+    /// One signal per event that may have changed the file's text.
+    signals: mpsc::UnboundedReceiver<()>,
+    /// When the quiet period ends; every new signal restarts it.
     look_at: Option<Instant>,
     settings: WatchSettings,
 }
@@ -132,51 +133,22 @@ impl Hints {
         loop {
             tokio::select! {
                 signal = self.signals.recv() => {
-                    self.seen.add(signal?);
+                    signal?;
                     self.look_at = Some(Instant::now() + (self.settings)().1);
                 }
                 () = sleep_until(self.look_at.unwrap_or_else(Instant::now)), if self.look_at.is_some() => {
                     self.look_at = None;
-                    let seen = std::mem::take(&mut self.seen);
-                    let before = self.watch.concerns(&seen);
                     self.watch.resolve_again((self.settings)().0);
-                    if before || self.watch.concerns(&seen) {
-                        return Some(());
-                    }
-                    tracing::debug!(paths = ?seen, "Ignored changes to other files beside the configuration");
+                    return Some(());
                 }
             }
         }
     }
 }
 
-/// What the notify thread reports to the watch loop.
-enum Signal {
-    /// Content events (create, modify, remove, rename) on these paths.
-    Changed(Vec<PathBuf>),
-    /// The watcher failed or lost events: look at the file to be sure.
-    Unknown,
-}
-
-/// The paths changed since the last look, or that some events were lost.
-#[derive(Debug, Default)]
-enum Seen {
-    #[default]
-    Nothing,
-    Paths(Vec<PathBuf>),
-    Unknown,
-}
-
-impl Seen {
-    fn add(&mut self, signal: Signal) {
-        match (&mut *self, signal) {
-            (Seen::Unknown, _) => {}
-            (_, Signal::Unknown) => *self = Seen::Unknown,
-            (Seen::Paths(paths), Signal::Changed(more)) => paths.extend(more),
-            (Seen::Nothing, Signal::Changed(paths)) => *self = Seen::Paths(paths),
-        }
-    }
-}
+/// The paths whose events concern the file, shared with the notify thread,
+/// which sorts out the events.
+type Concerned = Arc<Mutex<Vec<PathBuf>>>;
 
 /// The watcher on the configuration file's folder and, when the file is a
 /// link into another folder, on its target's folder.
@@ -186,19 +158,23 @@ struct FileWatch {
     source: PathBuf,
     /// The resolved file, when it lives in another folder than `source`.
     target: Option<PathBuf>,
+    /// [`links`] of `source`, as of the last resolve.
+    concerned: Concerned,
 }
 
 impl FileWatch {
     /// Starts watching and logs `Watching <path>`; `None` (logged) when no
     /// watch is possible at all.
-    fn arm(source: &Path, tx: mpsc::UnboundedSender<Signal>, enabled: bool) -> Option<FileWatch> {
+    fn arm(source: &Path, tx: mpsc::UnboundedSender<()>, enabled: bool) -> Option<FileWatch> {
         let source = std::path::absolute(source).unwrap_or_else(|_| source.to_path_buf());
         let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let watcher = watch_folder(&folder, tx, enabled)?;
+        let concerned = Arc::new(Mutex::new(links(&source)));
+        let watcher = watch_folder(&folder, tx, concerned.clone(), enabled)?;
         let mut watch = FileWatch {
             watcher,
             source,
             target: None,
+            concerned,
         };
         if !watch.resolve_again(enabled) {
             announce(&watch.source.display().to_string(), enabled);
@@ -214,6 +190,7 @@ impl FileWatch {
         let Ok(resolved) = std::fs::canonicalize(&self.source) else {
             return false;
         };
+        *self.concerned.lock().unwrap_or_else(|e| e.into_inner()) = links(&self.source);
         let own_folder = self.source.parent().and_then(|f| f.canonicalize().ok());
         let target = (resolved.parent() != own_folder.as_deref()).then_some(resolved);
         if target == self.target {
@@ -238,23 +215,35 @@ impl FileWatch {
         self.target = target;
         true
     }
+}
 
-    /// Whether `seen` may have changed the file's text: an event on the
-    /// file's name, its target's, or a ConfigMap's `..` entries.
-    fn concerns(&self, seen: &Seen) -> bool {
-        let names: Vec<OsString> = [Some(&self.source), self.target.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|path| path.file_name().map(ToOwned::to_owned))
-            .collect();
-        match seen {
-            Seen::Nothing => false,
-            Seen::Unknown => true,
-            Seen::Paths(paths) => paths.iter().filter_map(|p| p.file_name()).any(|name| {
-                names.iter().any(|n| n == name) || name.to_string_lossy().starts_with("..")
-            }),
-        }
+/// How many links [`links`] follows (the kernel's own limit), in case they
+/// loop.
+const MAX_LINKS: usize = 40;
+
+/// The paths an event names when the file's text may have changed: the file
+/// as named, each link it goes through (`..data/kiln.toml` in a ConfigMap
+/// volume) and the file it resolves to. An event on one of them, or on a
+/// folder on the way to one (`..data`, swapped by renaming a new link over
+/// it; a `current` link repointed to another release), concerns the file.
+fn links(source: &Path) -> Vec<PathBuf> {
+    let mut links = vec![source.to_path_buf()];
+    let mut path = source.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let Ok(next) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = path.parent().unwrap_or(Path::new("/")).join(next);
+        links.push(path.clone());
     }
+    links.extend(std::fs::canonicalize(source));
+    links
+}
+
+/// Whether an event on `path` may have changed the file whose [`links`] are
+/// `concerned`.
+fn concerns(concerned: &[PathBuf], path: &Path) -> bool {
+    concerned.iter().any(|link| link.starts_with(path))
 }
 
 /// Logs that the watch is armed: at `info` when it is on, else at `debug`
@@ -276,23 +265,35 @@ fn is_content(kind: &EventKind) -> bool {
     }
 }
 
-/// Starts a watcher on `folder` that signals content events. Falls back to
-/// polling when the kernel's notifications are unavailable (inotify limits,
-/// some network mounts).
+/// Whether `event` may have changed the text of the file whose [`links`]
+/// are `concerned`. Lost events and a failing watcher count: the file is
+/// looked at to be sure.
+fn is_change(event: &notify::Result<Event>, concerned: &Concerned) -> bool {
+    match event {
+        // Events were dropped (the kernel's queue overflowed).
+        Ok(event) if event.need_rescan() => true,
+        Ok(event) if is_content(&event.kind) => {
+            let concerned = concerned.lock().unwrap_or_else(|e| e.into_inner());
+            event.paths.iter().any(|path| concerns(&concerned, path))
+        }
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
+
+/// Starts a watcher on `folder` that signals the events that may change the
+/// file (see [`is_change`]). Falls back to polling when the kernel's
+/// notifications are unavailable (inotify limits, some network mounts).
 fn watch_folder(
     folder: &Path,
-    tx: mpsc::UnboundedSender<Signal>,
+    tx: mpsc::UnboundedSender<()>,
+    concerned: Concerned,
     enabled: bool,
 ) -> Option<Box<dyn Watcher + Send>> {
     let handler = move |event: notify::Result<Event>| {
-        let signal = match event {
-            // Events were dropped (the kernel's queue overflowed).
-            Ok(event) if event.need_rescan() => Signal::Unknown,
-            Ok(event) if is_content(&event.kind) => Signal::Changed(event.paths),
-            Ok(_) => return,
-            Err(_) => Signal::Unknown,
-        };
-        let _ = tx.send(signal);
+        if is_change(&event, &concerned) {
+            let _ = tx.send(());
+        }
     };
     let native = RecommendedWatcher::new(handler.clone(), notify::Config::default()).and_then(
         |mut watcher| {
@@ -327,5 +328,89 @@ fn watch_folder(
             tracing::error!(error = %e, folder = %folder.display(), "Cannot watch the configuration at all; reload.watch has no effect");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use notify::event::{AccessKind, CreateKind, DataChange, Flag, RemoveKind, RenameMode};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &Path) -> notify::Result<Event> {
+        Ok(Event::new(kind).add_path(path.to_path_buf()))
+    }
+
+    fn write() -> EventKind {
+        EventKind::Modify(ModifyKind::Data(DataChange::Any))
+    }
+
+    fn concerned(source: &Path) -> Concerned {
+        Arc::new(Mutex::new(links(source)))
+    }
+
+    #[test]
+    fn only_content_events_on_the_file_are_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(&config, "").unwrap();
+        let concerned = concerned(&config);
+        let change = |kind, path: &Path| is_change(&event(kind, path), &concerned);
+
+        assert!(change(write(), &config));
+        assert!(change(EventKind::Create(CreateKind::File), &config));
+        assert!(change(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            &config
+        ));
+        // kiln's own reads.
+        assert!(!change(EventKind::Access(AccessKind::Read), &config));
+        // A log written beside the file.
+        let log = dir.path().join("kiln.log");
+        assert!(!change(write(), &log));
+        assert!(!change(EventKind::Create(CreateKind::File), &log));
+        // Lost events: look to be sure.
+        let lost = Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan));
+        assert!(is_change(&lost, &concerned));
+    }
+
+    #[test]
+    fn events_on_the_links_and_folders_on_the_way_are_changes() {
+        // A ConfigMap volume: kiln.toml -> ..data/kiln.toml, ..data -> ..v1.
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("..v1")).unwrap();
+        std::fs::write(dir.join("..v1/kiln.toml"), "").unwrap();
+        std::fs::write(dir.join("..v1/other.toml"), "").unwrap();
+        symlink("..v1", dir.join("..data")).unwrap();
+        symlink("..data/kiln.toml", dir.join("kiln.toml")).unwrap();
+        let configmap = concerned(&dir.join("kiln.toml"));
+        let change = |kind, path: &Path| is_change(&event(kind, path), &configmap);
+
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(change(renamed, &dir.join("..data")));
+        assert!(change(
+            EventKind::Remove(RemoveKind::Folder),
+            &dir.join("..v1")
+        ));
+        assert!(change(write(), &dir.join("..v1/kiln.toml")));
+        assert!(!change(write(), &dir.join("..v1/other.toml")));
+        assert!(!change(renamed, &dir.join("..data_tmp")));
+
+        // deploy.toml -> current/kiln.toml, current -> v2, and a link to a
+        // file in the same folder.
+        std::fs::create_dir(dir.join("v2")).unwrap();
+        std::fs::write(dir.join("v2/kiln.toml"), "").unwrap();
+        symlink("v2", dir.join("current")).unwrap();
+        symlink("current/kiln.toml", dir.join("deploy.toml")).unwrap();
+        symlink("kiln.toml", dir.join("same.toml")).unwrap();
+        let through_current = concerned(&dir.join("deploy.toml"));
+        let repointed = event(renamed, &dir.join("current"));
+        assert!(is_change(&repointed, &through_current));
+        assert!(!is_change(&repointed, &configmap));
+        let beside = concerned(&dir.join("same.toml"));
+        assert!(is_change(&event(write(), &dir.join("kiln.toml")), &beside));
     }
 }
