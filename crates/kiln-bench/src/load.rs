@@ -159,15 +159,7 @@ impl Load {
                 while Instant::now() < end {
                     tokio::time::sleep_until(next).await;
                     next += interval;
-                    let sent = Instant::now();
-                    // A failed request is counted, and the next one reconnects.
-                    let reply = conn.get("/").await;
-                    samples.push(Probe {
-                        sent_s: (sent - start).as_secs_f64(),
-                        latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
-                        ok: reply.as_ref().is_ok_and(|r| r.status == 200),
-                        revision: reply.ok().as_ref().and_then(marker).unwrap_or(0),
-                    });
+                    samples.push(timed_get(&mut conn, start, marker).await);
                 }
                 samples
             }));
@@ -231,6 +223,73 @@ impl Oha {
     }
 }
 
+/// Open-loop `GET /` at `rate` req/s in all on `conns` (connection `j`
+/// sends its `m`-th request at `start + (j + m·n) / rate`, or when its
+/// previous answer arrives if that is later), from now until `stop`
+/// completes. Sends are timed with [`until`], so that a window shorter than
+/// a timer tick still gets its share. Every request is a
+/// [`Probe`] (sent time counted from `start`, revision read by `marker`).
+pub async fn burst(
+    conns: &mut [Conn],
+    rate: f64,
+    start: Instant,
+    marker: Marker,
+    stop: impl Future<Output = ()>,
+) -> Vec<Probe> {
+    let stopped = std::cell::Cell::new(false);
+    let began = Instant::now();
+    let n = conns.len();
+    let each = conns.iter_mut().enumerate().map(|(j, conn)| {
+        let stopped = &stopped;
+        async move {
+            let mut samples = Vec::new();
+            for m in 0.. {
+                let at = began + Duration::from_secs_f64((j + m * n) as f64 / rate);
+                until(at, || stopped.get()).await;
+                if stopped.get() {
+                    break;
+                }
+                samples.push(timed_get(conn, start, marker).await);
+            }
+            samples
+        }
+    });
+    let sending = futures_util::future::join_all(each);
+    let stopping = async {
+        stop.await;
+        stopped.set(true);
+    };
+    let (samples, ()) = tokio::join!(sending, stopping);
+    samples.into_iter().flatten().collect()
+}
+
+/// Waits until `at`, to the microsecond rather than to tokio's 1 ms timer
+/// ticks (the last millisecond is spent yielding), or until `given_up`.
+pub async fn until(at: Instant, given_up: impl Fn() -> bool) {
+    while !given_up() {
+        match at.checked_duration_since(Instant::now()) {
+            None => return,
+            Some(left) if left > Duration::from_millis(1) => {
+                tokio::time::sleep(left - Duration::from_millis(1)).await;
+            }
+            Some(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// One `GET /` on `conn`, timed from `start`. A failed request is
+/// counted, and the next one reconnects.
+async fn timed_get(conn: &mut Conn, start: Instant, marker: Marker) -> Probe {
+    let sent = Instant::now();
+    let reply = conn.get("/").await;
+    Probe {
+        sent_s: (sent - start).as_secs_f64(),
+        latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+        ok: reply.as_ref().is_ok_and(|r| r.status == 200),
+        revision: reply.ok().as_ref().and_then(marker).unwrap_or(0),
+    }
+}
+
 /// Polls `GET /` back to back on a connection of its own until an answer
 /// carries `revision` or later: milliseconds since `since`, or `None` after
 /// `limit`. Failed requests are retried (the server may be restarting).
@@ -284,17 +343,35 @@ pub fn visible_ms(
 /// `windows` (start, end in seconds since the load started) and outside
 /// them, and how many were inside.
 pub fn p99_in_out(samples: &[Probe], windows: &[(f64, f64)]) -> (f64, f64, usize) {
-    let inside = |s: &Probe| {
-        windows
-            .iter()
-            .any(|(a, b)| s.sent_s >= *a && s.sent_s <= *b)
-    };
-    let (lat_in, lat_out): (Vec<&Probe>, Vec<&Probe>) =
-        samples.iter().filter(|s| s.ok).partition(|s| inside(s));
-    let p99 = |v: &[&Probe]| {
-        quantile(&v.iter().map(|s| s.latency_ms).collect::<Vec<_>>(), 0.99).unwrap_or(f64::NAN)
-    };
+    let (lat_in, lat_out): (Vec<&Probe>, Vec<&Probe>) = samples
+        .iter()
+        .filter(|s| s.ok)
+        .partition(|s| inside(s, windows));
     (p99(&lat_in), p99(&lat_out), lat_in.len())
+}
+
+/// p99 latency of the successful requests sent inside any of `windows`, and
+/// how many there were.
+pub fn p99_within(samples: &[Probe], windows: &[(f64, f64)]) -> (f64, usize) {
+    let within: Vec<&Probe> = samples
+        .iter()
+        .filter(|s| s.ok && inside(s, windows))
+        .collect();
+    (p99(&within), within.len())
+}
+
+fn inside(s: &Probe, windows: &[(f64, f64)]) -> bool {
+    windows
+        .iter()
+        .any(|(a, b)| s.sent_s >= *a && s.sent_s <= *b)
+}
+
+fn p99(samples: &[&Probe]) -> f64 {
+    quantile(
+        &samples.iter().map(|s| s.latency_ms).collect::<Vec<_>>(),
+        0.99,
+    )
+    .unwrap_or(f64::NAN)
 }
 
 /// Probe requests sent after a reload was answered (`answered_s`, the

@@ -125,12 +125,22 @@ enum Cmd {
         /// Total request rate; default half of kiln's 1-worker saturation from overhead.json.
         #[arg(long)]
         rate: Option<f64>,
-        /// Reloads per run.
+        /// Pool-rebuild reloads per run.
         #[arg(long, default_value_t = 20)]
         reloads: usize,
+        /// Hot-key reloads per run (more than rebuilds: their windows are
+        /// ~1 ms, and at least 2,000 requests should fall inside them).
+        #[arg(long, default_value_t = 100)]
+        hot_reloads: usize,
         /// Seconds over which they are spread.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// The in-window burst's rate (req/s), on top of the steady load.
+        #[arg(long, default_value_t = 20_000.0)]
+        burst_rate: f64,
+        /// The in-window burst's keep-alive connections.
+        #[arg(long, default_value_t = 16)]
+        burst_connections: usize,
         /// kiln's worker count.
         #[arg(long, default_value_t = 1)]
         workers: usize,
@@ -199,9 +209,25 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reload {
             rate,
             reloads,
+            hot_reloads,
             seconds,
+            burst_rate,
+            burst_connections,
             workers,
-        } => reload(c, half_saturation(c, rate)?, reloads, seconds, workers),
+        } => reload(
+            c,
+            half_saturation(c, rate)?,
+            reload::Schedule {
+                hot: hot_reloads,
+                rebuild: reloads,
+                seconds,
+            },
+            reload::Burst {
+                connections: burst_connections,
+                rate: burst_rate,
+            },
+            workers,
+        ),
         Cmd::Anchors {
             rate,
             reloads,

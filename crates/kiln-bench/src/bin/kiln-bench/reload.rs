@@ -27,6 +27,15 @@ pub(crate) struct ReloadEvent {
     rebuilt: Vec<String>,
     wave_before_ms: Vec<f64>,
     wave_after_ms: Vec<f64>,
+    /// The control burst's window: as long as this reload's, no reload in it.
+    control_s: (f64, f64),
+}
+
+/// The in-window burst: its connections and rate.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Burst {
+    pub(crate) connections: usize,
+    pub(crate) rate: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,9 +48,17 @@ pub(crate) struct ReloadRun {
     probe_failed: usize,
     probe_stale_after_answer: usize,
     probe_generation_went_back: usize,
+    /// The steady probe alone, inside reload windows and outside them.
     probe_p99_in_ms: f64,
     probe_p99_out_ms: f64,
     probe_in_samples: usize,
+    burst_requests: usize,
+    /// Every request (steady probe and bursts) sent inside a reload window,
+    /// and inside a control window.
+    p99_in_ms: f64,
+    in_requests: usize,
+    p99_control_ms: f64,
+    control_requests: usize,
     reloads_ok: usize,
     reload_latency_median_ms: f64,
     reload_latency_max_ms: f64,
@@ -77,30 +94,47 @@ pub(crate) fn half_saturation(c: &Common, rate: Option<f64>) -> anyhow::Result<f
         / 2.0)
 }
 
+/// How many reloads of each kind a run makes, over how many seconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) hot: usize,
+    pub(crate) rebuild: usize,
+    pub(crate) seconds: u64,
+}
+
 pub(crate) fn reload(
     c: &Common,
     rate: f64,
-    reloads: usize,
-    seconds: u64,
+    schedule: Schedule,
+    burst: Burst,
     workers: usize,
 ) -> anyhow::Result<()> {
     pin_self(&c.client_cpus);
+    let seconds = schedule.seconds;
     let mut runs = Vec::new();
     for round in 0..c.runs {
-        for mode in ["hot key", "pool rebuild"] {
-            let run =
-                runtime()?.block_on(reload_run(c, mode, round, rate, reloads, seconds, workers))?;
+        for (mode, reloads) in [
+            ("hot key", schedule.hot),
+            ("pool rebuild", schedule.rebuild),
+        ] {
+            let run = runtime()?.block_on(reload_run(
+                c, mode, round, rate, reloads, seconds, burst, workers,
+            ))?;
             eprintln!(
-                "reload round {round} {mode}: oha {:.0} req/s, failed {} + probe failed {}, p99 in {:.3} ms / out {:.3} ms, reload median {:.1} ms max {:.1} ms, visible median {:.2} ms max {:.2} ms",
+                "reload round {round} {mode}: oha {:.0} req/s, failed {} + probe failed {}, p99 in {:.3} ms ({} requests) / control {:.3} ms ({}), reload median {:.1} ms max {:.1} ms, visible median {:.2} ms max {:.2} ms, wave after/before p99 {:.2}/{:.2} ms",
                 run.oha.rps,
                 run.oha.failed,
                 run.probe_failed,
-                run.probe_p99_in_ms,
-                run.probe_p99_out_ms,
+                run.p99_in_ms,
+                run.in_requests,
+                run.p99_control_ms,
+                run.control_requests,
                 run.reload_latency_median_ms,
                 run.reload_latency_max_ms,
                 run.visible_median_ms,
-                run.visible_max_ms
+                run.visible_max_ms,
+                run.wave_after_p99_ms,
+                run.wave_before_p99_ms,
             );
             runs.push(run);
         }
@@ -114,22 +148,30 @@ pub(crate) fn reload(
          kiln with {workers} worker(s), a PostgreSQL pool of 8 and `warm_requests = [\"/\", \"/notes?limit=20\"]`, pinned to CPU {}; load pinned to CPU {}: \
          `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 40% of the rate up to 4,000 req/s) \
          for {} s, {:.0} req/s in all (half of kiln's 1-worker saturation from the overhead table). \
-         During it, {reloads} `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
+         During it, {} hot-key or {} pool-rebuild `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
          `app.greeting` (hot key) or `pools.main.wait_timeout` (the pool is rebuilt: 8 new connections opened and pinged). \
-         \"in window\" = probe requests sent between a reload's request and its answer. \
+         A reload's window = from sending it to its answer; during each, a burst of `GET /` at {:.0} req/s more \
+         (open-loop, {} keep-alive connections of its own) makes the windows dense. \
+         The same burst, as long, runs again in a control window half a reload spacing after each answer, with no reload in it: \
+         \"p99 in window\" and \"p99 control\" are over every request (probe and burst) sent inside the reload windows and inside the \
+         control windows, the offered load being the same in both; \"in-window requests\" is the fewest of any run. \
          \"visible\" = from sending the reload to the first answer received that carries the new generation \
          (from the probe, or from a connection polling `GET /` back to back; client-side, so it includes the \
          load generator's own queueing on its busy CPU). oha's requests cut by its own `-z` deadline are not failures. Around each reload, a wave of 8 concurrent `GET /notes?limit=20` \
-         (keep-alive) is sent 100 ms before it and right after its answer. {} rounds, modes interleaved; median (min–max).\n",
+         (keep-alive) is sent a fifth of the reload spacing before it (100 ms for rebuilds, 20 ms for hot keys) and right after its answer. {} rounds, modes interleaved; median (min–max).\n",
         c.server_cpus,
         c.client_cpus,
         seconds + 2,
         rate,
+        schedule.hot,
+        schedule.rebuild,
+        burst.rate,
+        burst.connections,
         c.runs
     )?;
     writeln!(
         table,
-        "| reload kind | failed requests (oha + probe) | requests served | p99 in window, ms | p99 outside, ms | in / out | reload latency median, ms | max, ms | visible median, ms | max, ms | `/notes` wave after swap / before, p99 |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| reload kind | failed requests (oha + probe + burst) | requests served | in-window requests | p99 in window, ms | p99 control, ms | in / control | reload latency median, ms | max, ms | visible median, ms | max, ms | `/notes` wave after swap / before, p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )?;
     let mut summary = BTreeMap::new();
     for mode in ["hot key", "pool rebuild"] {
@@ -144,15 +186,21 @@ pub(crate) fn reload(
         let served: u64 = runs
             .iter()
             .filter(|r| r.mode == mode)
-            .map(|r| r.oha.requests + r.probe_requests as u64)
+            .map(|r| r.oha.requests + (r.probe_requests + r.burst_requests) as u64)
             .sum();
-        let in_out = of(&|r| r.probe_p99_in_ms / r.probe_p99_out_ms);
+        let fewest_in = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.in_requests)
+            .min()
+            .unwrap_or(0);
+        let in_out = of(&|r| r.p99_in_ms / r.p99_control_ms);
         let waves = of(&|r| r.wave_after_p99_ms / r.wave_before_p99_ms);
         writeln!(
             table,
-            "| {mode} | **{failed}** | {served} | {} | {} | **{}x** | {} | {} | **{}** | {} | {}x |",
-            show(&of(&|r| r.probe_p99_in_ms), 3),
-            show(&of(&|r| r.probe_p99_out_ms), 3),
+            "| {mode} | **{failed}** | {served} | {fewest_in} | {} | {} | **{}x** | {} | {} | **{}** | {} | **{}x** |",
+            show(&of(&|r| r.p99_in_ms), 3),
+            show(&of(&|r| r.p99_control_ms), 3),
             show(&in_out, 2),
             show(&of(&|r| r.reload_latency_median_ms), 2),
             show(&of(&|r| r.reload_latency_max_ms), 2),
@@ -173,7 +221,8 @@ pub(crate) fn reload(
         summary.insert(
             mode,
             json!({"failed": failed, "served": served, "reloads_ok": reloads_ok, "stale_or_backwards": stale,
-                   "p99_in_over_out": Summary::of(&in_out), "wave_after_over_before": Summary::of(&waves)}),
+                   "fewest_in_window": fewest_in, "p99_in_over_control": Summary::of(&in_out),
+                   "wave_after_over_before": Summary::of(&waves)}),
         );
     }
     let total_reloads = runs.iter().map(|r| r.events.len()).sum::<usize>();
@@ -187,10 +236,12 @@ pub(crate) fn reload(
         "\n{ok_reloads} of {total_reloads} reloads answered 200. Probe requests sent after a reload's answer that still saw the old generation, \
          or a connection seeing a generation go backwards: {stale}."
     )?;
-    let raw = json!({"rate": rate, "summary": summary, "runs": runs});
+    let raw = json!({"rate": rate, "burst_rate": burst.rate, "burst_connections": burst.connections,
+                     "summary": summary, "runs": runs});
     c.save("reload", &raw, &table)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn reload_run(
     c: &Common,
     mode: &'static str,
@@ -198,6 +249,7 @@ pub(crate) async fn reload_run(
     rate: f64,
     reloads: usize,
     seconds: u64,
+    burst: Burst,
     workers: usize,
 ) -> anyhow::Result<ReloadRun> {
     let name = "reload";
@@ -218,6 +270,11 @@ pub(crate) async fn reload_run(
     for _ in 0..8 {
         wave_conns.push(Rc::new(tokio::sync::Mutex::new(Conn::connect(addr).await?)));
     }
+    let mut burst_conns = Vec::new();
+    for _ in 0..burst.connections {
+        burst_conns.push(Conn::connect(addr).await?);
+    }
+    let mut bursts = Vec::new();
     let local = tokio::task::LocalSet::new();
     let mut events = local
         .run_until(async {
@@ -228,7 +285,7 @@ pub(crate) async fn reload_run(
                 let slot = start + Duration::from_secs(1) + spacing.mul_f64(i as f64);
                 tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
                 let wave_before = notes_wave(&wave_conns).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep_until(tokio::time::Instant::from_std(slot + spacing / 5)).await;
                 let mut next = conf.clone();
                 match mode {
                     "hot key" => next.greeting = format!("Hello from reload {i}"),
@@ -243,10 +300,36 @@ pub(crate) async fn reload_run(
                     sent,
                     Duration::from_secs(5),
                 ));
-                let reply = admin_conn.post("/admin/reload").await?;
-                let answered = Instant::now();
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let reloading = async {
+                    let reply = admin_conn.post("/admin/reload").await;
+                    let answered = Instant::now();
+                    drop(tx);
+                    (reply, answered)
+                };
+                let stop = async {
+                    let _ = rx.await;
+                };
+                let ((reply, answered), in_window) = tokio::join!(
+                    reloading,
+                    load::burst(&mut burst_conns, burst.rate, start, spec.marker, stop)
+                );
+                let reply = reply?;
+                bursts.extend(in_window);
                 let wave_after = notes_wave(&wave_conns).await;
                 let visible_ms = poller.await.unwrap_or(None);
+                // The same burst for as long, with no reload, once this one has settled.
+                let control = answered + spacing / 2;
+                load::until(control, || false).await;
+                let end = control + (answered - sent);
+                let (control_start, control_end) =
+                    ((control - start).as_secs_f64(), (end - start).as_secs_f64());
+                bursts.extend(
+                    load::burst(&mut burst_conns, burst.rate, start, spec.marker, async {
+                        load::until(end, || false).await;
+                    })
+                    .await,
+                );
                 let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
                 if reply.status == 200 {
                     generation = body["generation"].as_u64().unwrap_or(generation + 1);
@@ -267,17 +350,23 @@ pub(crate) async fn reload_run(
                         .collect(),
                     wave_before_ms: wave_before,
                     wave_after_ms: wave_after,
+                    control_s: (control_start, control_end),
                 });
             }
             anyhow::Ok(events)
         })
         .await?;
-    let (samples, oha) = load.finish().await?;
+    let (probe, oha) = load.finish().await?;
     let rss_after = server.rss_kib()?;
     server.stop(Duration::from_secs(3));
 
     let windows: Vec<(f64, f64)> = events.iter().map(|e| (e.sent_s, e.answered_s)).collect();
-    let (p99_in, p99_out, in_samples) = load::p99_in_out(&samples, &windows);
+    let controls: Vec<(f64, f64)> = events.iter().map(|e| e.control_s).collect();
+    let (probe_p99_in, probe_p99_out, probe_in) = load::p99_in_out(&probe, &windows);
+    let burst_requests = bursts.len();
+    let samples = [probe, bursts].concat();
+    let (p99_in, in_requests) = load::p99_within(&samples, &windows);
+    let (p99_control, control_requests) = load::p99_within(&samples, &controls);
     let answered: Vec<(f64, u64)> = events
         .iter()
         .filter(|e| e.status == 200)
@@ -301,13 +390,18 @@ pub(crate) async fn reload_run(
         mode,
         round,
         target_rate: rate,
-        probe_requests: samples.len(),
+        probe_requests: samples.len() - burst_requests,
         probe_failed: samples.iter().filter(|s| !s.ok).count(),
         probe_stale_after_answer: load::stale_after_answer(&samples, &answered),
         probe_generation_went_back: load::went_back(&samples),
-        probe_p99_in_ms: p99_in,
-        probe_p99_out_ms: p99_out,
-        probe_in_samples: in_samples,
+        probe_p99_in_ms: probe_p99_in,
+        probe_p99_out_ms: probe_p99_out,
+        probe_in_samples: probe_in,
+        burst_requests,
+        p99_in_ms: p99_in,
+        in_requests,
+        p99_control_ms: p99_control,
+        control_requests,
         reloads_ok: ok_events.len(),
         reload_latency_median_ms: quantile(&latencies, 0.5).unwrap_or(f64::NAN),
         reload_latency_max_ms: quantile(&latencies, 1.0).unwrap_or(f64::NAN),
