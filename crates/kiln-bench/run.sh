@@ -17,7 +17,8 @@
 #                actix-web with deadpool-postgres, 1 and 2 workers; then callgrind
 #   coldstart    first wave vs steady waves against PostgreSQL, kiln vs lazy
 #   startup      time to ready with 1/8/32 warm connections, direct and +100 ms/connect
-#   reload       20 hot-key then 20 pool-rebuild reloads under oha -q at half saturation
+#   reload       100 hot-key then 20 pool-rebuild reloads under oha -q at half
+#                saturation, each window (and a control window) densified by a burst
 #   save-to-serve  POST /admin/reload and a watched file save, end to end (no load)
 #   anchors      30 reloads under 20k req/s: kiln vs Caddy, nginx, gunicorn, restarted axum
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads

@@ -89,6 +89,11 @@ impl Spec {
         }
     }
 
+    /// The rate oha is asked for: `rate` less the probe's share.
+    pub fn oha_rate(&self) -> f64 {
+        (self.rate - self.probe_rate).max(1.0)
+    }
+
     /// The same load, reading revisions with `marker`.
     pub fn marker(mut self, marker: Marker) -> Self {
         self.marker = marker;
@@ -130,7 +135,7 @@ impl Load {
     ///
     /// When oha cannot be started or the probe cannot connect.
     pub async fn start(spec: &Spec) -> anyhow::Result<Self> {
-        let oha_rate = (spec.rate - spec.probe_rate).max(1.0);
+        let oha_rate = spec.oha_rate();
         let oha = tokio::process::Command::new("taskset")
             .args(["-c", &spec.client_cpus, "oha", "--no-tui"])
             .args(["--output-format", "json"])
@@ -445,5 +450,24 @@ mod tests {
         ];
         assert_eq!(went_back(&samples), 1);
         assert_eq!(stale_after_answer(&samples, &[(0.005, 2)]), 1);
+    }
+
+    #[test]
+    fn only_successful_requests_sent_inside_a_window_count() {
+        let probe = |sent_s, latency_ms, ok| Probe {
+            sent_s,
+            latency_ms,
+            ok,
+            revision: 1,
+        };
+        let samples = [
+            probe(0.9, 50.0, true),
+            probe(1.0, 2.0, true),
+            probe(1.001, 3.0, false),
+            probe(1.002, 4.0, true),
+            probe(2.0, 60.0, true),
+        ];
+        assert_eq!(p99_within(&samples, &[(1.0, 1.002)]), (4.0, 2));
+        assert_eq!(p99_in_out(&samples, &[(1.0, 1.002)]), (4.0, 60.0, 2));
     }
 }

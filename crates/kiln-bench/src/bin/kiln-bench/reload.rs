@@ -43,6 +43,7 @@ pub(crate) struct ReloadRun {
     mode: &'static str,
     round: usize,
     target_rate: f64,
+    oha_rate: f64,
     oha: load::Oha,
     probe_requests: usize,
     probe_failed: usize,
@@ -147,7 +148,7 @@ pub(crate) fn reload(
         "### Reloads under load\n\n\
          kiln with {workers} worker(s), a PostgreSQL pool of 8 and `warm_requests = [\"/\", \"/notes?limit=20\"]`, pinned to CPU {}; load pinned to CPU {}: \
          `oha -q` (keep-alive, 32 connections) plus the driver's probe (10 keep-alive connections, 40% of the rate up to 4,000 req/s) \
-         for {} s, {:.0} req/s in all (half of kiln's 1-worker saturation from the overhead table). \
+         for {} s, {:.0} req/s in all offered (`--rate`, by default half of kiln's 1-worker saturation from the overhead table; oha's achieved rate is in `reload.json`). \
          During it, {} hot-key or {} pool-rebuild `POST /admin/reload` over {seconds} s, each after an edit of the config file: \
          `app.greeting` (hot key) or `pools.main.wait_timeout` (the pool is rebuilt: 8 new connections opened and pinged). \
          A reload's window = from sending it to its answer; during each, a burst of `GET /` at {:.0} req/s more \
@@ -231,10 +232,13 @@ pub(crate) fn reload(
         .iter()
         .map(|r| r.probe_stale_after_answer + r.probe_generation_went_back)
         .sum::<usize>();
+    let achieved: Vec<f64> = runs.iter().map(|r| r.oha.rps / r.oha_rate).collect();
     writeln!(
         table,
-        "\n{ok_reloads} of {total_reloads} reloads answered 200. Probe requests sent after a reload's answer that still saw the old generation, \
-         or a connection seeing a generation go backwards: {stale}."
+        "\noha achieved {}x the rate it was asked for (all runs). \
+         {ok_reloads} of {total_reloads} reloads answered 200. Probe requests sent after a reload's answer that still saw the old generation, \
+         or a connection seeing a generation go backwards: {stale}.",
+        show(&achieved, 2),
     )?;
     let raw = json!({"rate": rate, "burst_rate": burst.rate, "burst_connections": burst.connections,
                      "summary": summary, "runs": runs});
@@ -390,6 +394,7 @@ pub(crate) async fn reload_run(
         mode,
         round,
         target_rate: rate,
+        oha_rate: spec.oha_rate(),
         probe_requests: samples.len() - burst_requests,
         probe_failed: samples.iter().filter(|s| !s.ok).count(),
         probe_stale_after_answer: load::stale_after_answer(&samples, &answered),
