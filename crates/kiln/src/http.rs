@@ -1,8 +1,8 @@
 //! Serving connections: HTTP/1.1 and (unless `server.http2 = false`)
 //! HTTP/2 with prior knowledge (h2c) on the same port, both with upgrades
-//! (WebSockets), as `axum::serve` does; the accept loop of a worker and its
-//! drain; and in-process warm-up requests through the very same connection
-//! stack over an in-memory pipe.
+//! (WebSockets), as `axum::serve` does; the accept loop of a worker, its
+//! header-read sweep and its drain; and in-process warm-up requests through
+//! the very same connection stack over an in-memory pipe.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +25,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::service::{Conn, GenerationBody, GenerationService, ResponseFuture};
 
@@ -34,6 +34,10 @@ use crate::service::{Conn, GenerationBody, GenerationService, ResponseFuture};
 pub(crate) struct ConnOptions {
     /// `server.header_read_timeout`, if on.
     pub(crate) header_read_timeout: Option<Duration>,
+    /// Whether the accept loop's [`Sweep`] enforces `header_read_timeout`,
+    /// for a service that counts its requests on their [`Conn`]
+    /// ([`ConnService`]), rather than hyper's timer on every request head.
+    pub(crate) sweep: bool,
     /// `server.max_header_bytes`.
     pub(crate) max_header_bytes: usize,
     /// `server.http2`.
@@ -45,19 +49,28 @@ impl ConnOptions {
     pub(crate) fn of(server: &kiln_config::ServerConfig) -> Self {
         Self {
             header_read_timeout: server.header_read_limit(),
+            sweep: true,
             max_header_bytes: server.max_header_bytes.as_usize(),
             http2: server.http2,
         }
     }
 
+    /// The sweep enforcing `header_read_timeout`, if it is on and swept.
+    fn sweep(&self) -> Option<Sweep> {
+        self.header_read_timeout
+            .filter(|_| self.sweep)
+            .map(Sweep::new)
+    }
+
     /// The connection builder these options describe.
     fn builder(&self) -> Protocols {
+        let hyper_timeout = self.header_read_timeout.filter(|_| !self.sweep);
         // hyper's and the auto builder's HTTP/1 settings share names, not a type.
         macro_rules! http1 {
             ($builder:expr) => {{
                 let builder = $builder;
                 builder
-                    .header_read_timeout(self.header_read_timeout)
+                    .header_read_timeout(hyper_timeout)
                     // A request head larger than this is answered 431 by hyper.
                     .max_buf_size(self.max_header_bytes)
                     // Head and body in one buffer, one write: for the small
@@ -66,7 +79,7 @@ impl ConnOptions {
                     // axum::serve's stack writes this way too.
                     .writev(false);
                 // hyper arms a timer for every request to enforce the head timeout.
-                if self.header_read_timeout.is_some() {
+                if hyper_timeout.is_some() {
                     builder.timer(TokioTimer::new());
                 }
             }};
@@ -116,7 +129,32 @@ struct Tracker {
 struct Tracked<I> {
     io: I,
     tracker: Arc<Tracker>,
-    _conn: Arc<Conn>,
+    conn: Arc<Conn>,
+    /// How much of [`H2_PREFACE`] the first bytes read matched, while they
+    /// still may be it (HTTP/2 served beside HTTP/1 and swept): the sweep
+    /// never cuts an HTTP/2 connection, even before its first request.
+    preface: Option<usize>,
+}
+
+/// What an HTTP/2 client sends first (with prior knowledge); hyper-util's
+/// auto builder tells the protocols apart by it, but does not say.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<I> Tracked<I> {
+    /// Follows the preface with `read`, the next bytes read (none at the
+    /// end of the stream).
+    fn sniff(&mut self, matched: usize, read: &[u8]) {
+        let rest = &H2_PREFACE[matched..];
+        let n = read.len().min(rest.len());
+        self.preface = if read.is_empty() || read[..n] != rest[..n] {
+            None
+        } else if n == rest.len() {
+            self.conn.set_h2();
+            None
+        } else {
+            Some(matched + n)
+        };
+    }
 }
 
 impl<I> Drop for Tracked<I> {
@@ -133,7 +171,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let (Some(matched), Poll::Ready(Ok(()))) = (self.preface, &polled) {
+            self.sniff(matched, &buf.filled()[before..]);
+        }
+        polled
     }
 }
 
@@ -220,10 +263,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-/// Serves one connection until it ends; once `stop` carries the drain
-/// deadline, asks it to finish: HTTP/2 at once (GOAWAY), HTTP/1 after
-/// [`LINGER`] (its responses meanwhile say `Connection: close`). Whatever
-/// is still open at the deadline is cut by the accept loop's caller.
+/// Serves one connection until it ends, or until the [`Sweep`] cuts it;
+/// once `stop` carries the drain deadline, asks it to finish: HTTP/2 at
+/// once (GOAWAY), HTTP/1 after [`LINGER`] (its responses meanwhile say
+/// `Connection: close`). Whatever is still open at the deadline is cut by
+/// the accept loop's caller.
 async fn serve_connection<I, S: HttpService>(
     protocols: Arc<Protocols>,
     io: I,
@@ -245,8 +289,9 @@ async fn serve_connection<I, S: HttpService>(
     }
 }
 
-/// Drives `connection` to its end, calling `shutdown` on it once `stop`
-/// carries the drain deadline (see [`serve_connection`]).
+/// Drives `connection` to its end, or drops it when `conn` is cut, calling
+/// `shutdown` on it once `stop` carries the drain deadline (see
+/// [`serve_connection`]).
 async fn drain<C, E>(
     connection: C,
     shutdown: impl FnOnce(Pin<&mut C>),
@@ -257,11 +302,23 @@ async fn drain<C, E>(
     E: std::fmt::Display,
 {
     let mut connection = pin!(connection);
-    // Copied out: the watch's guard must not live across an await.
-    let stopped = pin!(async { stop.wait_for(Option::is_some).await.map(|d| *d) });
-    let deadline = match first_of(connection.as_mut(), stopped).await {
+    // `Some(deadline)` when stopped, `None` when cut.
+    let rare = pin!(async {
+        // Copied out: the watch's guard must not live across an await.
+        let stopped = async { stop.wait_for(Option::is_some).await.map(|d| *d) };
+        tokio::select! {
+            biased;
+            stopped = stopped => Some(stopped.ok().flatten()),
+            () = conn.cut_off() => None,
+        }
+    });
+    let deadline = match first_of(connection.as_mut(), rare).await {
         Ok(result) => return ended(result),
-        Err(stopped) => stopped.ok().flatten(),
+        Err(Some(deadline)) => deadline,
+        Err(None) => {
+            tracing::debug!("Connection cut: no request head within server.header_read_timeout");
+            return;
+        }
     };
     if !conn.is_h2() {
         let left = deadline.map_or(Duration::ZERO, |d| {
@@ -296,8 +353,9 @@ impl Wake for Signal {
 
 /// The first of `main` (`Ok`) and `rare` (`Err`) to finish, polling `rare`
 /// only when it woke the task itself: a connection's task wakes for every
-/// request, and polling the drain watch each time cost ~200 instructions a
-/// request (`kiln-bench instructions`), where `select!` polls both.
+/// request, and polling the drain watch (and the sweep's cut) each time
+/// cost ~200 instructions a request (`kiln-bench instructions`), where
+/// `select!` polls both.
 async fn first_of<A: Future, B: Future>(
     mut main: Pin<&mut A>,
     mut rare: Pin<&mut B>,
@@ -329,12 +387,98 @@ fn ended<E: std::fmt::Display>(result: Result<(), E>) {
     }
 }
 
+/// How many passes of the [`Sweep`] its limit spans.
+const PASSES: u32 = 8;
+
+/// Enforces `server.header_read_timeout` on the connections of one accept
+/// loop: a connection that waits for a request head longer is cut. hyper's
+/// own enforcement allocates, arms and drops a timer for every request head
+/// (~1,570 of a `GET /`'s ~16,500 instructions); here each request counts
+/// its start and its end on its [`Conn`] (two adds), and a pass every
+/// `limit / PASSES` reads each connection's count. A connection seen
+/// waiting (count even) at a pass, and then at `PASSES` more passes with
+/// the count unchanged, has waited at least `limit` (the passes are at
+/// least `limit / PASSES` apart) and at most `limit` plus one pass (plus
+/// whatever kept the worker from sweeping on time): it is cut between
+/// `limit` and `limit · 9/8`. Waiting for a head, as hyper counts it: from
+/// the connection's start (before its first bytes) and from the end of
+/// each response. Never cut: a request in flight (a slow handler, a long
+/// response body), an upgraded connection, an HTTP/2 connection (HTTP/2 has
+/// no head timeout, as with hyper's; a peer's idle connection stays).
+struct Sweep {
+    every: Duration,
+    next: Pin<Box<Sleep>>,
+    watched: Vec<Watched>,
+}
+
+/// A connection the [`Sweep`] watches.
+struct Watched {
+    conn: Arc<Conn>,
+    /// Its count when a pass first saw it waiting, unchanged since.
+    waiting: Option<u64>,
+    /// Passes since then.
+    passes: u32,
+}
+
+impl Sweep {
+    fn new(limit: Duration) -> Self {
+        let every = limit / PASSES;
+        Self {
+            every,
+            next: Box::pin(tokio::time::sleep(every)),
+            watched: Vec::new(),
+        }
+    }
+
+    fn watch(&mut self, conn: &Arc<Conn>) {
+        self.watched.push(Watched {
+            conn: conn.clone(),
+            waiting: None,
+            passes: 0,
+        });
+    }
+
+    /// The next pass, when it is due; cancel-safe.
+    async fn pass(&mut self) {
+        self.next.as_mut().await;
+        self.watched.retain_mut(|watched| {
+            let conn = &watched.conn;
+            // Closed (only this reference is left), or not for the sweep.
+            if Arc::strong_count(conn) == 1 || conn.is_h2() || conn.is_upgraded() {
+                return false;
+            }
+            let turns = conn.turns();
+            if turns % 2 == 1 || watched.waiting != Some(turns) {
+                watched.waiting = (turns % 2 == 0).then_some(turns);
+                watched.passes = 0;
+            } else {
+                watched.passes += 1;
+                if watched.passes >= PASSES {
+                    conn.cut(turns);
+                }
+            }
+            true
+        });
+        // From the end of this pass: passes are never closer than `every`.
+        self.next.as_mut().reset(Instant::now() + self.every);
+    }
+}
+
+/// The next pass of `sweep`, if there is one: never without.
+async fn next_pass(sweep: &mut Option<Sweep>) {
+    match sweep {
+        Some(sweep) => sweep.pass().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts connections, each served by `service(peer, conn)`, until `stop`
 /// carries a deadline, then drains: the
 /// listener closes, HTTP/2 connections get GOAWAY, HTTP/1 responses say
 /// `Connection: close` and idle HTTP/1 connections close after a short
 /// linger; in-flight requests and upgraded connections may run until the
-/// deadline. Returns how many connections were still open at the deadline,
+/// deadline. Throughout, a [`Sweep`] cuts connections that wait for a
+/// request head too long. Returns how many connections were still open at the deadline,
 /// each with a request in flight or upgraded: the caller cuts them by
 /// dropping the worker's runtime.
 pub(crate) async fn accept_loop<S: HttpService>(
@@ -344,6 +488,9 @@ pub(crate) async fn accept_loop<S: HttpService>(
     options: &ConnOptions,
 ) -> usize {
     let builder = Arc::new(options.builder());
+    let mut sweep = options.sweep();
+    // HTTP/2 beside HTTP/1: the sweep must tell them apart.
+    let preface = (sweep.is_some() && options.http2).then_some(0);
     let tracker = Arc::new(Tracker::default());
     let each_stop = stop.clone();
     let deadline = loop {
@@ -355,15 +502,21 @@ pub(crate) async fn accept_loop<S: HttpService>(
                 // A dropped sender means the server is gone: stop now.
                 break stopped.ok().flatten().unwrap_or_else(Instant::now);
             }
+            // Before accepting: a flood of connections must not starve it.
+            () = next_pass(&mut sweep) => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn = Arc::new(Conn::new(tracker.draining.clone()));
+                    if let Some(sweep) = &mut sweep {
+                        sweep.watch(&conn);
+                    }
                     tracker.open.fetch_add(1, Ordering::AcqRel);
                     let io = TokioIo::new(Tracked {
                         io: stream,
                         tracker: tracker.clone(),
-                        _conn: conn.clone(),
+                        conn: conn.clone(),
+                        preface,
                     });
                     let service = service(peer, &conn);
                     tokio::spawn(serve_connection(
@@ -388,7 +541,10 @@ pub(crate) async fn accept_loop<S: HttpService>(
     drop(listener);
     let all_closed = async {
         while tracker.open.load(Ordering::Acquire) > 0 {
-            tracker.closed.notified().await;
+            tokio::select! {
+                () = tracker.closed.notified() => {}
+                () = next_pass(&mut sweep) => {}
+            }
         }
     };
     match tokio::time::timeout_at(deadline, all_closed).await {
@@ -447,6 +603,7 @@ impl InProcess {
         let builder = Arc::new(
             ConnOptions {
                 header_read_timeout: None,
+                sweep: false,
                 max_header_bytes: kiln_config::MIN_HEADER_BYTES.as_usize(),
                 http2: false,
             }

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use axum::http::{
 use axum::response::IntoResponse;
 use axum::routing::future::RouteFuture;
 use axum::routing::get;
+use futures_util::task::AtomicWaker;
 use http_body_util::Limited;
 use hyper::upgrade::OnUpgrade;
 use pin_project_lite::pin_project;
@@ -323,6 +324,7 @@ impl GenerationService {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let in_flight = conn.map(Conn::begin);
         // An Arc, not a Guard: the app must outlive this call.
         let app = self.current.load_full();
         let mut request = request;
@@ -337,7 +339,14 @@ impl GenerationService {
                 limits.max_body
             );
             let response = error(StatusCode::PAYLOAD_TOO_LARGE, message);
-            return ResponseFuture::answer(app, &request, observed, Cut::BodyLimit, response);
+            return ResponseFuture::answer(
+                app,
+                &request,
+                observed,
+                in_flight,
+                Cut::BodyLimit,
+                response,
+            );
         }
         let permit = if limits.max_concurrent == usize::MAX {
             None
@@ -354,16 +363,21 @@ impl GenerationService {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return ResponseFuture::answer(app, &request, observed, Cut::Concurrency, response);
+                return ResponseFuture::answer(
+                    app,
+                    &request,
+                    observed,
+                    in_flight,
+                    Cut::Concurrency,
+                    response,
+                );
             }
             Some(permit)
         };
         let close = conn.is_some_and(|conn| conn.close_next(request.version()));
         // Only a request that asked to upgrade can be answered 101, and only
         // its connection must keep the generation once hyper lets go of it.
-        let upgrade = conn
-            .filter(|_| request.extensions().get::<OnUpgrade>().is_some())
-            .cloned();
+        let upgrade = request.extensions().get::<OnUpgrade>().is_some();
         let max_body = limits.max_body;
         let mut request = request.map(|body| Body::new(Limited::new(body, max_body as usize)));
         if self.warm_up {
@@ -403,6 +417,7 @@ impl GenerationService {
             extra: Extra {
                 sent,
                 permit,
+                in_flight,
                 upgrade,
                 close,
                 observed,
@@ -429,14 +444,26 @@ where
     }
 }
 
-/// What one connection's service and its socket share: whether its next
-/// responses must close it (drain), whether it speaks HTTP/2, and, once it
-/// is upgraded, the generation it keeps alive until it closes.
+/// What one connection's service, its socket and its worker's header-read
+/// sweep share: whether its next responses must close it (drain), whether it
+/// speaks HTTP/2, once it is upgraded the generation it keeps alive until it
+/// closes, and whether it waits for a request head.
 pub(crate) struct Conn {
     /// Set when the worker starts draining.
     draining: Arc<AtomicBool>,
     h2: AtomicBool,
     upgraded: OnceLock<Arc<WorkerApp>>,
+    /// Requests started plus requests finished (response body done or
+    /// dropped): for HTTP/1, which runs one request at a time, odd while one
+    /// is in flight and even while the connection waits for a head. Two
+    /// adds per request, where a timer per request head cost ~1,570
+    /// instructions (`crate::http::Sweep`).
+    turns: AtomicU64,
+    /// The `turns` at which the sweep cut the connection (`u64::MAX`, odd,
+    /// for never): the cut holds only while no request started since.
+    cut_at: AtomicU64,
+    /// The connection's task, woken by a cut.
+    cut_task: AtomicWaker,
 }
 
 impl Conn {
@@ -445,7 +472,51 @@ impl Conn {
             draining,
             h2: AtomicBool::new(false),
             upgraded: OnceLock::new(),
+            turns: AtomicU64::new(0),
+            cut_at: AtomicU64::new(u64::MAX),
+            cut_task: AtomicWaker::new(),
         }
+    }
+
+    /// Counts a request started; the guard counts it finished when dropped.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Requests started plus finished (see `turns`): what the sweep reads.
+    pub(crate) fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
+    }
+
+    /// Cuts the connection if it is still at `turns`, waiting for a head:
+    /// its task, woken, ends it unless a request started meanwhile.
+    pub(crate) fn cut(&self, turns: u64) {
+        self.cut_at.store(turns, Ordering::Relaxed);
+        self.cut_task.wake();
+    }
+
+    /// Resolves when [`Conn::cut`] cut the connection.
+    pub(crate) fn cut_off(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.cut_task.register(cx.waker());
+            if self.turns() == self.cut_at.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Notes that the connection speaks HTTP/2, before its first request.
+    pub(crate) fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection was upgraded (a WebSocket): hyper no longer
+    /// serves it.
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.upgraded.get().is_some()
     }
 
     /// Whether a request of `version` on this connection must be answered
@@ -461,6 +532,16 @@ impl Conn {
     /// Whether a request on this connection was HTTP/2.
     pub(crate) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+}
+
+/// A request of a connection in flight, from the service's call until its
+/// response body is done (or dropped): [`Conn::begin`].
+struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.turns.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -532,8 +613,11 @@ pin_project! {
 struct Extra {
     sent: Sent,
     permit: Option<Permit>,
-    /// The connection, when this request may upgrade it.
-    upgrade: Option<Arc<Conn>>,
+    /// The request on its connection, when kiln serves the connection:
+    /// handed to the response body.
+    in_flight: Option<InFlight>,
+    /// The request asked to upgrade its connection.
+    upgrade: bool,
     /// Answer with `Connection: close`.
     close: bool,
     /// Counted, timed and logged when the response head is ready.
@@ -559,6 +643,7 @@ impl ResponseFuture {
         app: Arc<WorkerApp>,
         request: &Request<B>,
         observed: Option<Observed>,
+        in_flight: Option<InFlight>,
         cut: Cut,
         response: Response<Body>,
     ) -> Self {
@@ -577,7 +662,8 @@ impl ResponseFuture {
                     uri: Uri::default(),
                 },
                 permit: None,
-                upgrade: None,
+                in_flight,
+                upgrade: false,
                 close: false,
                 observed,
             },
@@ -647,14 +733,17 @@ impl Future for ResponseFuture {
             }
             observed.finish(&extra.sent.method, extra.sent.uri.path(), &mut response)
         });
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(conn) = extra.upgrade.take()
+        let in_flight = extra.in_flight.take();
+        if extra.upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(InFlight(conn)) = &in_flight
         {
             let _ = conn.upgraded.set(app.clone());
         }
         Poll::Ready(Ok(response.map(|body| GenerationBody {
             body,
             access,
+            _in_flight: in_flight,
             _app: app,
         })))
     }
@@ -671,6 +760,8 @@ pin_project! {
         body: Body,
         // The access-log line, written once the body is done.
         access: Option<Access>,
+        // Its request, finished when the body is dropped.
+        _in_flight: Option<InFlight>,
         _app: Arc<WorkerApp>,
     }
 }

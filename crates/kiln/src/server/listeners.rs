@@ -156,13 +156,15 @@ pub(super) fn serve_admin<A: App>(
         "/admin",
         crate::admin::router(kiln.clone(), crate::admin::Mount::Listener(addr)),
     );
-    // HTTP/1.1 only, with the main listener's head size limit.
+    // HTTP/1.1 only, with the main listener's head size limit; hyper's
+    // head timer, as the admin router counts no requests for a sweep.
     let options = ConnOptions {
         header_read_timeout: Some(
             server
                 .header_read_limit()
                 .unwrap_or(ADMIN_HEADER_READ_TIMEOUT),
         ),
+        sweep: false,
         http2: false,
         ..ConnOptions::of(server)
     };
