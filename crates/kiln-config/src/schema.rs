@@ -170,11 +170,14 @@ pub struct ServerConfig {
     /// `shutdown_grace`.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
-    /// How long a client may take to send a request's head, which is also
-    /// how long a keep-alive connection may sit idle between requests; the
-    /// connection is closed after it. `0s` turns the limit off (behind a
-    /// proxy that enforces its own): it costs a timer per request, about 4%
-    /// of the CPU a `GET /` takes (`BENCHMARKS.md`). Restart-only.
+    /// How long an HTTP/1 connection may wait for a request head: from its
+    /// opening (a client that sends nothing) and from the end of each
+    /// response to the end of the next head, so also how long a keep-alive
+    /// connection may sit idle between requests. The connection is closed
+    /// between this and 9/8 of it (each worker checks its connections every
+    /// eighth of it). Requests in flight, upgraded connections (WebSockets)
+    /// and HTTP/2 connections are never cut by it. `0s` turns the limit off
+    /// (behind a proxy that enforces its own). Restart-only.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Paths each worker serves in-process before the socket is bound (and
