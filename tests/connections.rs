@@ -122,7 +122,10 @@ fn a_handler_slower_than_header_read_timeout_is_not_cut() {
     let stream = TcpStream::connect(server.main_addr()).expect("connect");
     // 2.5 limits with a request in flight, then the next on the same
     // connection.
-    assert_eq!(get(&stream, "/debug/sleep?ms=2500"), (200, "slept".to_owned()));
+    assert_eq!(
+        get(&stream, "/debug/sleep?ms=2500"),
+        (200, "slept".to_owned())
+    );
     assert_eq!(get(&stream, "/"), (200, "Hello from kiln".to_owned()));
 }
 
@@ -157,7 +160,10 @@ fn a_websocket_idle_longer_than_header_read_timeout_is_not_cut() {
             .expect("the WebSocket handshake");
         assert_eq!(answer.status().as_u16(), 101);
         wait_past_the_limit(&server);
-        socket.send(Message::text("still here")).await.expect("send");
+        socket
+            .send(Message::text("still here"))
+            .await
+            .expect("send");
         let echo = tokio::time::timeout(Duration::from_secs(20), socket.next())
             .await
             .expect("an echo")
@@ -178,7 +184,9 @@ fn read_frame_until(stream: &mut TcpStream, kind: u8, flags: u8) {
         stream.read_exact(&mut head).expect("an HTTP/2 frame");
         let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
         let mut payload = vec![0; len];
-        stream.read_exact(&mut payload).expect("the frame's payload");
+        stream
+            .read_exact(&mut payload)
+            .expect("the frame's payload");
         if head[3] == kind && head[4] & flags == flags {
             return;
         }

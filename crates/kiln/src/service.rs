@@ -792,3 +792,30 @@ impl HttpBody for GenerationBody {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn a_cut_holds_only_while_no_request_started_since() {
+        let conn = Arc::new(Conn::new(Arc::default()));
+        assert!(conn.cut_off().now_or_never().is_none(), "never cut yet");
+        conn.cut(conn.turns());
+        assert!(conn.cut_off().now_or_never().is_some());
+
+        // A head read between the sweep's pass and the task's wake.
+        let conn = Arc::new(Conn::new(Arc::default()));
+        conn.cut(conn.turns());
+        let request = conn.begin();
+        assert!(
+            conn.cut_off().now_or_never().is_none(),
+            "a request in flight"
+        );
+        drop(request);
+        assert_eq!(conn.turns(), 2, "started and finished");
+        assert!(conn.cut_off().now_or_never().is_none(), "a request since");
+    }
+}

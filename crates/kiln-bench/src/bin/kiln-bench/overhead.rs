@@ -178,7 +178,7 @@ pub(crate) fn overhead(c: &Common, seconds: u64, connections: usize) -> anyhow::
         table,
         "\nkiln's workers share one listener by default; `server.reuse_port = true` \
          gives each worker its own `SO_REUSEPORT` listener (the kernel spreads connections). \
-         kiln arms hyper's header-read timer on every request by default (`server.header_read_timeout = \"30s\"`); \
+         kiln enforces `server.header_read_timeout = \"30s\"` by default (a sweep per worker); \
          the `0s` row turns it off, as bare axum (`axum::serve`) has none."
     )?;
     let raw =
