@@ -393,7 +393,7 @@ const PASSES: u32 = 8;
 /// Enforces `server.header_read_timeout` on the connections of one accept
 /// loop: a connection that waits for a request head longer is cut. hyper's
 /// own enforcement allocates, arms and drops a timer for every request head
-/// (~1,570 of a `GET /`'s ~16,500 instructions); here each request counts
+/// (~1,500 of a `GET /`'s ~16,300 instructions); here each request counts
 /// its start and its end on its [`Conn`] (two adds), and a pass every
 /// `limit / PASSES` reads each connection's count. A connection seen
 /// waiting (count even) at a pass, and then at `PASSES` more passes with
@@ -403,8 +403,8 @@ const PASSES: u32 = 8;
 /// `limit` and `limit · 9/8`. Waiting for a head, as hyper counts it: from
 /// the connection's start (before its first bytes) and from the end of
 /// each response. Never cut: a request in flight (a slow handler, a long
-/// response body), an upgraded connection, an HTTP/2 connection (HTTP/2 has
-/// no head timeout, as with hyper's; a peer's idle connection stays).
+/// response body), an upgraded connection, an HTTP/2 connection (hyper's
+/// head timeout is HTTP/1's only).
 struct Sweep {
     every: Duration,
     next: Pin<Box<Sleep>>,
@@ -478,9 +478,9 @@ async fn next_pass(sweep: &mut Option<Sweep>) {
 /// `Connection: close` and idle HTTP/1 connections close after a short
 /// linger; in-flight requests and upgraded connections may run until the
 /// deadline. Throughout, a [`Sweep`] cuts connections that wait for a
-/// request head too long. Returns how many connections were still open at the deadline,
-/// each with a request in flight or upgraded: the caller cuts them by
-/// dropping the worker's runtime.
+/// request head too long. Returns how many connections were still open at
+/// the deadline, each with a request in flight or upgraded: the caller cuts
+/// them by dropping the worker's runtime.
 pub(crate) async fn accept_loop<S: HttpService>(
     listener: TcpListener,
     service: impl Fn(SocketAddr, &Arc<Conn>) -> S,
