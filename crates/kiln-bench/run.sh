@@ -5,7 +5,7 @@
 #
 # Builds kiln and the benchmark programs in release, installs what is missing
 # (oha from crates.io; wrk, and for the anchors nginx-light and caddy, from
-# Debian; gunicorn from PyPI; valgrind from Debian), then runs each
+# Debian; gunicorn from PyPI; valgrind from Debian; nstat from iproute2), then runs each
 # measurement against loopback only (127.0.0.1), with bounded durations,
 # variants interleaved A B A B over $RUNS rounds:
 #
@@ -21,6 +21,8 @@
 #                saturation, each window (and a control window) densified by a burst
 #   save-to-serve  POST /admin/reload and a watched file save, end to end (no load)
 #   anchors      30 reloads under 20k req/s: kiln vs Caddy, nginx, gunicorn, restarted axum
+#   restart      20 restarts under 20k req/s: kiln POST /admin/restart vs nginx's
+#                binary upgrade (USR2, QUIT) and bare axum killed and started again
 #   memory       RSS before/after 1,000 hot-key and 100 pool-rebuild reloads
 #   fleet        PATCH to every instance serving it (3 processes; 50 in one
 #                process through the library) and PostgreSQL load at rest, on
@@ -50,7 +52,7 @@ ROOT=$(pwd)
 OUT="$ROOT/target/bench"
 RUNS=${RUNS:-3}
 OVERHEAD_RUNS=${OVERHEAD_RUNS:-5}
-SECTIONS=${SECTIONS:-"config-read overhead instructions db coldstart startup reload save-to-serve anchors memory fleet"}
+SECTIONS=${SECTIONS:-"config-read overhead instructions db coldstart startup reload save-to-serve anchors restart memory fleet"}
 FLEET_PG_PORT=${FLEET_PG_PORT:-5499}
 SERVER_CPUS=${SERVER_CPUS:-0}
 CLIENT_CPUS=${CLIENT_CPUS:-1}
@@ -71,6 +73,16 @@ fi
 if { wants instructions || wants db; } && ! command -v callgrind_control >/dev/null; then
     say "installing valgrind (Debian)"
     { apt-get update -qq && apt-get install -y -qq valgrind; } >&2 || { echo "cannot install valgrind" >&2; exit 1; }
+fi
+if wants restart; then
+    if ! command -v nginx >/dev/null; then
+        say "installing the anchor nginx-light (Debian)"
+        { apt-get update -qq && apt-get install -y -qq nginx-light; } >&2 || { echo "cannot install nginx-light" >&2; exit 1; }
+    fi
+    if ! command -v nstat >/dev/null; then
+        say "installing nstat (iproute2, Debian)"
+        { apt-get update -qq && apt-get install -y -qq iproute2; } >&2 || { echo "cannot install iproute2" >&2; exit 1; }
+    fi
 fi
 if wants anchors; then
     for tool in nginx caddy; do
@@ -143,6 +155,7 @@ save_to_serve() {
 }
 section save-to-serve save_to_serve
 section anchors "$BENCH" "${COMMON[@]}" --runs "$RUNS" anchors
+section restart "$BENCH" "${COMMON[@]}" --runs "$RUNS" restart
 
 # The fleet's 50 simulated instances hold 2 connections each, more than a
 # default max_connections (100) leaves: a cluster of its own, thrown away after.

@@ -9,12 +9,16 @@
 //!   reports status, generation header and timing.
 //! - [`load`]: oha at a fixed rate plus a probe that tags every answer
 //!   with its configuration revision; the reload figures drawn from them.
+//! - [`kernel`]: the kernel's drop and reset counters (`nstat`), read
+//!   around a run.
 //! - [`process`]: start a server (optionally pinned with `taskset`), wait
-//!   until its port accepts, read its RSS, stop it.
+//!   until its port accepts, read its RSS, stop it (or a process that a
+//!   restart started, which is not a child).
 
 pub mod baseline;
 pub mod dbq;
 pub mod http;
+pub mod kernel;
 pub mod load;
 pub mod process;
 pub mod stats;

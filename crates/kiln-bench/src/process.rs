@@ -192,10 +192,7 @@ impl Server {
 
     /// SIGTERM, then up to `grace` to exit, then SIGKILL.
     pub fn stop(mut self, grace: Duration) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        signal(self.pid(), "TERM");
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -214,6 +211,48 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Sends `sig` (a name as `kill` takes it: `TERM`, `USR2`) to `pid`;
+/// whether it was delivered.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `pid` is a running process: a zombie (exited, not yet reaped,
+/// as a server that a restart orphaned can be) counts as gone.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in brackets.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X']))
+    })
+}
+
+/// Waits up to `timeout` for `pid` to be gone; whether it went.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// SIGTERM to `pid`, which need not be a child (a process a restart
+/// started), then up to `grace` to exit, then SIGKILL.
+pub fn terminate(pid: u32, grace: Duration) {
+    if signal(pid, "TERM") && !wait_gone(pid, grace) {
+        signal(pid, "KILL");
+        wait_gone(pid, grace);
     }
 }
 
@@ -248,6 +287,16 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn this_process_is_alive_and_a_reaped_one_is_not() {
+        assert!(super::alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!super::alive(pid));
+        assert!(super::wait_gone(pid, std::time::Duration::from_secs(1)));
+    }
+
     #[test]
     fn parses_the_ready_line() {
         let line = "2026-01-01T00:00:00Z  INFO kiln::server: ready: 2 workers, 1 resources warm in 37 ms; listening on 127.0.0.1:8080, admin on 127.0.0.1:9090";

@@ -11,33 +11,43 @@
 //! | nginx | file edited, `nginx -s reload` |
 //! | gunicorn (2 sync workers) | file edited, `SIGHUP` to the master; with `--preload` too |
 //! | axum restarted | bare axum killed (`SIGKILL`) and started again with the new greeting |
+//!
+//! The `restart` section runs the same way with restarts in place of
+//! reloads: kiln's `POST /admin/restart`, nginx's binary upgrade and the
+//! restarted axum (see [`restart`](crate::restart)).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kiln_bench::http::Conn;
+use kiln_bench::http::{Conn, get_once};
+use kiln_bench::kernel::Drops;
 use kiln_bench::load::{self, Oha};
-use kiln_bench::process::Server;
+use kiln_bench::process::{self, Server};
 use kiln_bench::stats::{quantile, show};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{Common, KilnConf, all_cpus, pin_self, runtime, wrk};
 
-/// A server whose reloads kiln is compared with.
+/// A server whose reloads or restarts kiln is compared with, or kiln.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-enum Anchor {
+pub(crate) enum Anchor {
     Kiln,
     Caddy,
     Nginx,
     Gunicorn,
     GunicornPreload,
     AxumRestart,
+    /// kiln restarted (`POST /admin/restart`): a new process takes over.
+    KilnRestart,
+    /// nginx's binary upgrade: `USR2`, then `QUIT` to the old master.
+    NginxUpgrade,
 }
 
 impl Anchor {
+    /// The `anchors` section: configuration changes.
     const ALL: [Self; 6] = [
         Self::Kiln,
         Self::Caddy,
@@ -47,7 +57,19 @@ impl Anchor {
         Self::AxumRestart,
     ];
 
-    fn name(self) -> &'static str {
+    /// The `restart` section: a new process takes over.
+    pub(crate) const RESTARTS: [Self; 3] =
+        [Self::KilnRestart, Self::NginxUpgrade, Self::AxumRestart];
+
+    /// Whether a change starts a new process (and so may take a warm-up).
+    fn restarts(self) -> bool {
+        matches!(
+            self,
+            Self::KilnRestart | Self::NginxUpgrade | Self::AxumRestart
+        )
+    }
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Kiln => "kiln, 1 worker",
             Self::Caddy => "Caddy",
@@ -55,16 +77,22 @@ impl Anchor {
             Self::Gunicorn => "gunicorn, 2 sync workers",
             Self::GunicornPreload => "gunicorn --preload, 2 sync workers",
             Self::AxumRestart => "bare axum, killed and restarted",
+            Self::KilnRestart => "kiln, 1 worker, restarted",
+            Self::NginxUpgrade => "nginx, 1 worker process, binary upgrade",
         }
     }
 
-    fn how(self) -> &'static str {
+    pub(crate) fn how(self) -> &'static str {
         match self {
             Self::Kiln => "file edited, `POST /admin/reload`",
             Self::Caddy => "`POST /load` (admin API)",
             Self::Nginx => "file edited, `nginx -s reload`",
             Self::Gunicorn | Self::GunicornPreload => "file edited, `SIGHUP`",
             Self::AxumRestart => "`SIGKILL`, started again",
+            Self::KilnRestart => "`POST /admin/restart`, then its new pid in `/admin/status`",
+            Self::NginxUpgrade => {
+                "`kill -USR2` master, new `nginx.pid` written, `kill -QUIT` old master"
+            }
         }
     }
 
@@ -78,6 +106,8 @@ impl Anchor {
 struct Running {
     anchor: Anchor,
     server: Option<Server>,
+    /// The process serving now when a restart started it (not a child).
+    successor: Option<u32>,
     addr: SocketAddr,
     admin: SocketAddr,
     dir: PathBuf,
@@ -95,6 +125,7 @@ impl Running {
         let mut running = Self {
             anchor,
             server: None,
+            successor: None,
             addr: kiln.addr(),
             admin: kiln.admin(),
             dir,
@@ -105,6 +136,10 @@ impl Running {
         running
             .wait_serving(revision, Duration::from_secs(30))
             .await?;
+        if anchor == Anchor::NginxUpgrade {
+            // Daemonized: the master is the process the pid file names.
+            running.successor = running.nginx_pid("nginx.pid");
+        }
         Ok(running)
     }
 
@@ -112,7 +147,7 @@ impl Running {
     fn write(&mut self, c: &Common, revision: u64) -> anyhow::Result<()> {
         let (addr, admin, greeting) = (self.addr, self.admin, Anchor::greeting(revision));
         match self.anchor {
-            Anchor::Kiln => {
+            Anchor::Kiln | Anchor::KilnRestart => {
                 self.kiln.greeting = greeting;
                 self.kiln.write(c, "anchor-kiln")?;
             }
@@ -120,9 +155,14 @@ impl Running {
                 self.dir.join("caddy.json"),
                 caddy_config(addr, admin, &greeting).to_string(),
             )?,
-            Anchor::Nginx => std::fs::write(
+            Anchor::Nginx | Anchor::NginxUpgrade => std::fs::write(
                 self.dir.join("nginx.conf"),
-                nginx_config(addr, &self.dir, &greeting),
+                nginx_config(
+                    addr,
+                    &self.dir,
+                    &greeting,
+                    self.anchor == Anchor::NginxUpgrade,
+                ),
             )?,
             Anchor::Gunicorn | Anchor::GunicornPreload => {
                 std::fs::write(self.dir.join("greeting.txt"), greeting)?;
@@ -137,7 +177,7 @@ impl Running {
         let log = Some(self.dir.join("server.log"));
         let dir = self.dir.display().to_string();
         match self.anchor {
-            Anchor::Kiln => self.kiln.start(c, "anchor-kiln", cpus),
+            Anchor::Kiln | Anchor::KilnRestart => self.kiln.start(c, "anchor-kiln", cpus),
             Anchor::Caddy => Server::start(
                 Path::new("caddy"),
                 &["run".into(), "--config".into(), format!("{dir}/caddy.json")],
@@ -148,8 +188,9 @@ impl Running {
                 cpus,
                 log.as_deref(),
             ),
-            Anchor::Nginx => Server::start(
-                Path::new("nginx"),
+            // By its full path: a binary upgrade runs the master's argv[0].
+            Anchor::Nginx | Anchor::NginxUpgrade => Server::start(
+                &in_path("nginx")?,
                 &[
                     "-p".into(),
                     dir.clone(),
@@ -258,35 +299,142 @@ impl Running {
                 .status()
                 .await?
                 .success(),
-            Anchor::Gunicorn | Anchor::GunicornPreload => {
-                let pid = self.server.as_ref().context("not running")?.pid();
-                tokio::process::Command::new("kill")
-                    .args(["-HUP", &pid.to_string()])
-                    .status()
-                    .await?
-                    .success()
-            }
+            Anchor::Gunicorn | Anchor::GunicornPreload => send(self.pid()?, "HUP").await?,
+            Anchor::KilnRestart => self.restart_kiln().await?,
+            Anchor::NginxUpgrade => self.upgrade_nginx().await?,
             Anchor::AxumRestart => unreachable!("handled above"),
         })
     }
 
+    /// The process serving now (for nginx and gunicorn, the master).
+    fn pid(&self) -> anyhow::Result<u32> {
+        match self.successor {
+            Some(pid) => Ok(pid),
+            None => Ok(self.server.as_ref().context("not running")?.pid()),
+        }
+    }
+
+    /// `POST /admin/restart`, then `GET /admin/status` until the new pid
+    /// answers; whether it did.
+    async fn restart_kiln(&mut self) -> anyhow::Result<bool> {
+        // Connections of their own: a kept-alive one could reach the old process.
+        let reply = Conn::connect(self.admin)
+            .await?
+            .post("/admin/restart")
+            .await?;
+        let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        let Some(pid) = body["new_pid"].as_u64().filter(|_| reply.status == 200) else {
+            eprintln!(
+                "restart: kiln answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
+            return Ok(false);
+        };
+        self.successor = Some(u32::try_from(pid)?);
+        let admin = self.admin;
+        Ok(until(Duration::from_secs(10), || async move {
+            get_once(admin, "/admin/status").await.is_ok_and(|r| {
+                serde_json::from_slice::<Value>(&r.body).is_ok_and(|s| s["pid"] == pid)
+            })
+        })
+        .await)
+    }
+
+    /// nginx's binary upgrade: `USR2` to the master, which renames its pid
+    /// file `nginx.pid.oldbin` and starts the binary again, inheriting the
+    /// listening sockets; once the new master has written `nginx.pid`,
+    /// `QUIT` to the old one (its workers finish what they serve and exit).
+    /// nginx upgrades one at a time, so the previous old master must be
+    /// gone first. Whether the new master took over.
+    async fn upgrade_nginx(&mut self) -> anyhow::Result<bool> {
+        let old = self.pid()?;
+        if !until(Duration::from_secs(30), || async {
+            !std::fs::exists(self.dir.join("nginx.pid.oldbin")).unwrap_or(true)
+        })
+        .await
+        {
+            bail!("nginx's previous old master did not exit within 30 s");
+        }
+        if !send(old, "USR2").await? {
+            return Ok(false);
+        }
+        let new = std::cell::Cell::new(None);
+        let started = until(Duration::from_secs(10), || async {
+            new.set(self.nginx_pid("nginx.pid").filter(|&pid| pid != old));
+            new.get().is_some() && self.nginx_pid("nginx.pid.oldbin") == Some(old)
+        })
+        .await;
+        if !started {
+            return Ok(false);
+        }
+        self.successor = new.get();
+        send(old, "QUIT").await
+    }
+
+    /// The pid in the nginx pid file `name`, when there is one.
+    fn nginx_pid(&self, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn stop(mut self) {
+        let grace = Duration::from_secs(5);
+        if self.anchor == Anchor::NginxUpgrade
+            && let Some(old) = self.nginx_pid("nginx.pid.oldbin")
+        {
+            process::terminate(old, grace);
+        }
+        if let Some(pid) = self.successor.take() {
+            process::terminate(pid, grace);
+        }
         if let Some(server) = self.server.take() {
-            server.stop(Duration::from_secs(5));
+            server.stop(grace);
         }
     }
 }
 
-/// Polls `addr` with TCP connects until one succeeds, up to `limit`.
-async fn accepting(addr: SocketAddr, limit: Duration) -> bool {
+/// `kill -SIG pid`, without blocking the probe; whether it was delivered.
+async fn send(pid: u32, sig: &str) -> anyhow::Result<bool> {
+    Ok(tokio::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .await?
+        .success())
+}
+
+/// Polls `done` every half millisecond until it says so, up to `limit`;
+/// whether it did.
+async fn until<F: Future<Output = bool>>(limit: Duration, mut done: impl FnMut() -> F) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if done().await {
             return true;
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     false
+}
+
+/// Polls `addr` with TCP connects until one succeeds, up to `limit`.
+async fn accepting(addr: SocketAddr, limit: Duration) -> bool {
+    until(limit, || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await
+}
+
+/// `program` as found on `PATH`.
+fn in_path(program: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{program} is not on PATH"))
 }
 
 fn caddy_config(addr: SocketAddr, admin: SocketAddr, greeting: &str) -> Value {
@@ -306,11 +454,14 @@ fn caddy_config(addr: SocketAddr, admin: SocketAddr, greeting: &str) -> Value {
     })
 }
 
-fn nginx_config(addr: SocketAddr, dir: &Path, greeting: &str) -> String {
+/// nginx serving `greeting` on `addr`; `daemon` for a binary upgrade,
+/// which nginx ignores in a master whose parent is the one that started it.
+fn nginx_config(addr: SocketAddr, dir: &Path, greeting: &str, daemon: bool) -> String {
     let dir = dir.display();
+    let daemon = if daemon { "on" } else { "off" };
     format!(
         r#"# Written by kiln-bench.
-daemon off;
+daemon {daemon};
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -330,53 +481,66 @@ http {{
     )
 }
 
-/// One anchor's run: a load, reloads during it, and what the probe saw.
+/// One anchor's run: a load, reloads (or restarts) during it, and what the
+/// probe saw.
 #[derive(Debug, Serialize)]
-struct AnchorRun {
-    anchor: Anchor,
+pub(crate) struct AnchorRun {
+    pub(crate) anchor: Anchor,
     round: usize,
     rate: f64,
-    achieved_rps: f64,
+    pub(crate) achieved_rps: f64,
     oha: Oha,
     probe_requests: usize,
     probe_failed: usize,
     reloads_accepted: usize,
-    reloads_seen: usize,
+    pub(crate) reloads_seen: usize,
     visible_ms: Vec<Option<f64>>,
-    old_after_return: usize,
-    p99_in_ms: f64,
-    p99_out_ms: f64,
+    pub(crate) old_after_return: usize,
+    pub(crate) p99_in_ms: f64,
+    pub(crate) p99_out_ms: f64,
     in_samples: usize,
+    /// What the kernel's drop counters grew by while the load ran.
+    pub(crate) kernel: Drops,
 }
 
 impl AnchorRun {
-    fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.oha.failed + self.probe_failed as u64
     }
 
-    fn served(&self) -> u64 {
+    pub(crate) fn served(&self) -> u64 {
         self.oha.requests + self.probe_requests as u64
     }
 
-    fn visible(&self) -> Vec<f64> {
+    pub(crate) fn visible(&self) -> Vec<f64> {
         self.visible_ms.iter().flatten().copied().collect()
     }
 }
 
-/// Runs `reloads` reloads over `seconds` under load at `rate` (capped at
-/// half of each anchor's own saturation), for every anchor in turn, over
-/// `c.runs` rounds, and writes the `anchors` table.
-pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> anyhow::Result<()> {
+/// One section's anchors with the rate each is loaded at (`rate`, capped
+/// at half of its own saturation: wrk, 3 s, 64 connections, measured first)
+/// and that saturation.
+pub(crate) type Capped = Vec<(Anchor, f64, f64)>;
+
+/// Runs `changes` changes over `seconds` under load, for every anchor of
+/// `capped` in turn, over `c.runs` rounds. `section` names the log lines.
+pub(crate) fn compare(
+    c: &Common,
+    section: &str,
+    anchors: &[Anchor],
+    rate: f64,
+    changes: usize,
+    seconds: u64,
+) -> anyhow::Result<(Capped, Vec<AnchorRun>)> {
     let rt = runtime()?;
-    // Each anchor's saturation (wrk, 3 s, 64 connections), to cap its rate.
     let mut capped = Vec::new();
-    for anchor in Anchor::ALL {
+    for &anchor in anchors {
         let running = rt.block_on(Running::start(c, anchor, 0))?;
         wrk(c, running.addr, 1, 64)?;
         let saturation = wrk(c, running.addr, 3, 64)?.rps;
         running.stop();
         eprintln!(
-            "anchors: {} saturates at {saturation:.0} req/s",
+            "{section}: {} saturates at {saturation:.0} req/s",
             anchor.name()
         );
         capped.push((anchor, rate.min(saturation / 2.0), saturation));
@@ -385,26 +549,40 @@ pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> an
     let mut runs = Vec::new();
     for round in 0..c.runs {
         for &(anchor, rate, _) in &capped {
-            let run = rt.block_on(anchor_run(c, anchor, round, rate, reloads, seconds))?;
+            let run = rt.block_on(anchor_run(c, anchor, round, rate, changes, seconds))?;
             eprintln!(
-                "anchors round {round} {}: {:.0} req/s, failed {}, visible median {:.2} ms, p99 in {:.3} / out {:.3} ms, old config after return {}",
+                "{section} round {round} {}: {:.0} req/s, failed {}, visible median {:.2} ms max {:.2} ms, p99 in {:.3} / out {:.3} ms, old after return {}, kernel {:?}",
                 anchor.name(),
                 run.achieved_rps,
                 run.failed(),
                 quantile(&run.visible(), 0.5).unwrap_or(f64::NAN),
+                quantile(&run.visible(), 1.0).unwrap_or(f64::NAN),
                 run.p99_in_ms,
                 run.p99_out_ms,
                 run.old_after_return,
+                run.kernel,
             );
             runs.push(run);
         }
     }
     pin_self(&all_cpus());
+    Ok((capped, runs))
+}
+
+/// The raw JSON of a [`compare`].
+pub(crate) fn raw(rate: f64, capped: &Capped, runs: &[AnchorRun], versions: &Value) -> Value {
+    json!({"rate": rate, "saturation": capped.iter().map(|(a, r, s)| json!({"anchor": a, "rate": r, "saturation": s})).collect::<Vec<_>>(), "versions": versions, "runs": runs})
+}
+
+/// Runs `reloads` reloads over `seconds` under load at `rate` (capped at
+/// half of each anchor's own saturation), for every anchor in turn, over
+/// `c.runs` rounds, and writes the `anchors` table.
+pub(crate) fn anchors(c: &Common, rate: f64, reloads: usize, seconds: u64) -> anyhow::Result<()> {
+    let (capped, runs) = compare(c, "anchors", &Anchor::ALL, rate, reloads, seconds)?;
     let versions = versions();
-    let raw = json!({"rate": rate, "saturation": capped.iter().map(|(a, r, s)| json!({"anchor": a, "rate": r, "saturation": s})).collect::<Vec<_>>(), "versions": versions, "runs": runs});
     c.save(
         "anchors",
-        &raw,
+        &raw(rate, &capped, &runs, &versions),
         &table(c, rate, &capped, &runs, reloads, seconds, &versions)?,
     )
 }
@@ -425,6 +603,7 @@ async fn anchor_run(
         &c.client_cpus,
     )
     .marker(load::body_revision);
+    let kernel_before = Drops::read()?;
     let load = load::Load::start(&spec).await?;
     let start = load.start;
     let local = tokio::task::LocalSet::new();
@@ -443,7 +622,12 @@ async fn anchor_run(
                     load::body_revision,
                     revision,
                     sent,
-                    spacing.max(Duration::from_millis(100)),
+                    // A new process may take its warm-up to serve.
+                    if anchor.restarts() {
+                        Duration::from_secs(30)
+                    } else {
+                        spacing.max(Duration::from_millis(100))
+                    },
                 ));
                 let accepted = running.reload(c, revision).await?;
                 let returned = Instant::now();
@@ -460,6 +644,7 @@ async fn anchor_run(
         })
         .await?;
     let (samples, oha) = load.finish().await?;
+    let kernel = Drops::read()?.since(kernel_before);
     running.stop();
 
     let visible_ms: Vec<Option<f64>> = events
@@ -496,12 +681,13 @@ async fn anchor_run(
         p99_in_ms,
         p99_out_ms,
         in_samples,
+        kernel,
         oha,
     })
 }
 
 /// What each anchor reports as its version.
-fn versions() -> Value {
+pub(crate) fn versions() -> Value {
     let run = |program: &str, args: &[&str]| -> String {
         std::process::Command::new(program)
             .args(args)

@@ -21,6 +21,7 @@ mod memory;
 mod overhead;
 mod reload;
 mod report;
+mod restart;
 mod setup_db;
 mod startup;
 
@@ -157,6 +158,19 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Restarts under load: kiln's `POST /admin/restart` against nginx's
+    /// binary upgrade and a killed and restarted axum.
+    Restart {
+        /// Total request rate, capped at half of each server's own saturation.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Restarts per run, one at a time.
+        #[arg(long, default_value_t = 20)]
+        restarts: usize,
+        /// Seconds over which they are spread.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// RSS before and after 1,000 hot-key reloads and 100 pool-rebuild reloads.
     Memory {
         /// Hot-key reloads.
@@ -233,6 +247,11 @@ fn main() -> anyhow::Result<()> {
             reloads,
             seconds,
         } => anchors::anchors(c, rate, reloads, seconds),
+        Cmd::Restart {
+            rate,
+            restarts,
+            seconds,
+        } => restart::restart(c, rate, restarts, seconds),
         Cmd::Memory { hot, rebuild } => runtime()?.block_on(memory(c, hot, rebuild)),
         Cmd::Fleet {
             changes,

@@ -160,6 +160,7 @@ pub(crate) fn report(c: &Common, criterion: &Path) -> anyhow::Result<()> {
         "reload",
         "save-to-serve",
         "anchors",
+        "restart",
         "memory",
     ] {
         match std::fs::read_to_string(c.out.join(format!("{name}.md"))) {
