@@ -512,6 +512,11 @@ impl AnchorRun {
         self.oha.requests + self.probe_requests as u64
     }
 
+    /// How many changes were asked for (fewer than planned when they ran late).
+    pub(crate) fn changes(&self) -> usize {
+        self.visible_ms.len()
+    }
+
     pub(crate) fn visible(&self) -> Vec<f64> {
         self.visible_ms.iter().flatten().copied().collect()
     }
@@ -617,6 +622,11 @@ async fn anchor_run(
                 let slot = start + Duration::from_secs(1) + spacing.mul_f64(i as f64);
                 tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
                 let sent = Instant::now();
+                // Changes that run late (slow restarts) stop short of the
+                // load's end, so that every one happens under load.
+                if sent > start + Duration::from_secs(seconds + 1) {
+                    break;
+                }
                 let poller = tokio::task::spawn_local(load::first_seen(
                     running.addr,
                     load::body_revision,

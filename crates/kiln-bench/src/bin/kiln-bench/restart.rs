@@ -71,16 +71,24 @@ fn table(
                 .collect()
         };
         let kernel = Drops::sum(mine.iter().map(|r| &r.kernel));
+        let (done, planned) = (
+            mine.iter().map(|r| r.changes()).sum::<usize>(),
+            mine.len() * restarts,
+        );
+        let late = if done < planned {
+            format!(" ({planned} planned: the rest ran late)")
+        } else {
+            String::new()
+        };
         writeln!(
             table,
-            "| {} | {} | {} | **{}** | {} | {} of {} | **{}** | {} | {} | {} | {} | {} / {} / {} |",
+            "| {} | {} | {} | **{}** | {} | {} of {done}{late} | **{}** | {} | {} | {} | {} | {} / {} / {} |",
             anchor.name(),
             anchor.how(),
             show(&of(&|r| r.achieved_rps), 0),
             mine.iter().map(|r| r.failed()).sum::<u64>(),
             mine.iter().map(|r| r.served()).sum::<u64>(),
             mine.iter().map(|r| r.reloads_seen).sum::<usize>(),
-            mine.len() * restarts,
             show(&visible(0.5), 1),
             show(&visible(1.0), 1),
             show(&of(&|r| r.p99_in_ms), 2),
